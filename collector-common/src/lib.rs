@@ -1,0 +1,179 @@
+//! The contract between the kernel programs and the collector.
+//!
+//! Every record in the `EVENTS` ring buffer starts with a `u32` kind. Connection records are a
+//! fixed [`ConnEvent`]; data records are a [`DataHeader`] followed by `captured_len` payload
+//! bytes. All types are `#[repr(C)]` with explicit padding so both sides agree byte for byte,
+//! whichever capture path (socket layer or syscalls) produced them.
+#![no_std]
+
+/// A connection was opened (accepted or connected). Record: [`ConnEvent`].
+pub const EVENT_CONN_OPEN: u32 = 1;
+/// Bytes moved by one recv/send call. Record: [`DataHeader`] + payload.
+pub const EVENT_DATA: u32 = 2;
+/// A connection was closed. Record: [`ConnEvent`].
+pub const EVENT_CONN_CLOSE: u32 = 3;
+
+/// Role of the traced process on a connection.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process connected (it is the HTTP client).
+pub const ROLE_CLIENT: u32 = 1;
+/// The process accepted (it is the HTTP server).
+pub const ROLE_SERVER: u32 = 2;
+
+/// The traced process received these bytes.
+pub const DIR_RECV: u32 = 0;
+/// The traced process sent these bytes.
+pub const DIR_SEND: u32 = 1;
+
+/// Hard ceiling of payload bytes copied per data event. The verifier sees this bound; the
+/// run-time limit (`CAPTURE_BYTES` global) may only lower it.
+pub const MAX_CAPTURE_BYTES: usize = 8192;
+/// Default payload prefix copied per call: a request line plus ordinary headers.
+pub const DEFAULT_CAPTURE_BYTES: u32 = 2048;
+/// When a call moves more than the captured prefix, its last bytes are copied too, so a chunked
+/// body's terminator or the end of a message is still visible.
+pub const TAIL_BYTES: usize = 16;
+
+/// `DataHeader::flags`: the payload could not be read (the byte counts are still right).
+pub const DATA_FLAG_READ_FAILED: u32 = 1;
+/// `DataHeader::flags`: `tail` holds the last `tail_len` bytes of the call.
+pub const DATA_FLAG_HAS_TAIL: u32 = 2;
+
+/// Address families carried in [`ConnEvent::family`].
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// [`EVENT_CONN_OPEN`] or [`EVENT_CONN_CLOSE`].
+    pub kind: u32,
+    /// [`ROLE_CLIENT`], [`ROLE_SERVER`] or [`ROLE_UNKNOWN`].
+    pub role: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Unique per connection on this node while the collector runs (socket cookie on the
+    /// socket-layer path, a generated id on the syscall path).
+    pub conn_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub family: u16,
+    /// Ports in host byte order; 0 when unknown.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad0: u16,
+    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub comm: [u8; 16],
+    /// Bytes received / sent over the connection (set on close).
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHeader {
+    /// [`EVENT_DATA`].
+    pub kind: u32,
+    /// [`DIR_RECV`] or [`DIR_SEND`].
+    pub direction: u32,
+    /// `bpf_ktime_get_ns` when the call returned.
+    pub ts_ns: u64,
+    pub conn_id: u64,
+    /// Bytes moved in this direction before this call: the position of `payload[0]`.
+    pub stream_offset: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// Bytes the call moved.
+    pub total_len: u32,
+    /// Payload bytes following this header (≤ total_len, ≤ MAX_CAPTURE_BYTES).
+    pub captured_len: u32,
+    /// Valid bytes at the end of `tail` (when `DATA_FLAG_HAS_TAIL`).
+    pub tail_len: u32,
+    pub flags: u32,
+    pub tail: [u8; TAIL_BYTES],
+}
+
+pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
+pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataHeader>();
+
+/// Index of each kernel-side counter in the per-CPU `COUNTERS` array. Every failure in the
+/// kernel programs increments one of these; userspace sums them over CPUs and reports them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A ring buffer record could not be written (buffer full): the event is lost.
+    RingbufFull = 0,
+    /// Reading user memory for the payload failed; the event carries the byte count only.
+    PayloadReadFailed = 1,
+    /// The connection table was full: a connection is not tracked.
+    ConnTableFull = 2,
+    /// The in-flight syscall table was full: a call on a tracked socket was missed.
+    PendingTableFull = 3,
+    /// Reading a socket address from user memory failed.
+    AddrReadFailed = 4,
+    ConnOpened = 5,
+    ConnClosed = 6,
+    DataEvents = 7,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::RingbufFull,
+        Counter::PayloadReadFailed,
+        Counter::ConnTableFull,
+        Counter::PendingTableFull,
+        Counter::AddrReadFailed,
+        Counter::ConnOpened,
+        Counter::ConnClosed,
+        Counter::DataEvents,
+    ];
+    /// Size of the `COUNTERS` map.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::RingbufFull => "ringbuf_full",
+            Counter::PayloadReadFailed => "payload_read_failed",
+            Counter::ConnTableFull => "conn_table_full",
+            Counter::PendingTableFull => "pending_table_full",
+            Counter::AddrReadFailed => "addr_read_failed",
+            Counter::ConnOpened => "conn_opened",
+            Counter::ConnClosed => "conn_closed",
+            Counter::DataEvents => "data_events",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both types are repr(C), Copy, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::DataHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_no_implicit_padding_and_keep_8_byte_alignment() {
+        // Sum of field sizes equals the struct size: no hidden padding the two sides could
+        // disagree on.
+        assert_eq!(
+            CONN_EVENT_SIZE,
+            4 + 4 + 8 + 8 + 4 + 4 + 2 * 4 + 16 * 3 + 8 + 8
+        );
+        assert_eq!(DATA_HEADER_SIZE, 4 + 4 + 8 + 8 + 8 + 4 * 6 + TAIL_BYTES);
+        assert_eq!(CONN_EVENT_SIZE % 8, 0);
+        assert_eq!(DATA_HEADER_SIZE % 8, 0);
+    }
+
+    #[test]
+    fn counter_indices_match_their_position() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Kernel programs of the collector. One module per hook family; each program is a thin entry
+//! that calls a `try_` function and counts its failures in `COUNTERS`.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod maps;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called at run time.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,387 @@
+//! Syscall capture path: classic tracepoints on accept/connect/recv/send/close.
+//!
+//! This is the fallback for kernels without the socket-layer tracepoints. Its cost to
+//! untracked work is the tracepoint dispatch plus one map lookup: every entry first checks
+//! whether the (tgid, fd) is a traced connection and returns at once when it is not.
+//! Syscall tracepoint records keep `__syscall_nr` at offset 8 and the six arguments (or the
+//! return value) as 8-byte slots from offset 16 — a stable format, see
+//! /sys/kernel/tracing/events/syscalls/*/format.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use collector_common::{
+    AF_INET, AF_INET6, Counter, DIR_RECV, DIR_SEND, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, ROLE_CLIENT,
+    ROLE_SERVER,
+};
+
+use crate::{
+    emit::{ConnInfo, emit_conn, emit_user_data},
+    maps::{
+        CONN_SEQ, CONNS, ConnState, PENDING, PendingCall, SELF_TGID, SockKey, count, setting_u32,
+    },
+};
+
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, i64> {
+    // SAFETY: offsets lie inside every syscall tracepoint record.
+    unsafe { ctx.read_at::<u64>(offset) }.map_err(|e| e as i64)
+}
+
+#[inline(always)]
+fn current() -> (u64, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id, (id >> 32) as u32)
+}
+
+/// A connection id unique on this node: per-CPU sequence, CPU number in the low bits.
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let seq = match CONN_SEQ.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    (seq << 12) | (cpu & 0xfff)
+}
+
+/// A socket address read from user memory: family, port (host order), address bytes.
+struct SockAddr {
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Option<SockAddr> {
+    if ptr == 0 {
+        return None;
+    }
+    // SAFETY: user memory read through the checked helper.
+    let family = unsafe { bpf_probe_read_user(ptr as *const u16) }.ok()?;
+    if family != AF_INET && family != AF_INET6 {
+        return Some(SockAddr {
+            family,
+            port: 0,
+            addr: [0; 16],
+        });
+    }
+    // SAFETY: as above.
+    let port = unsafe { bpf_probe_read_user((ptr + 2) as *const u16) }.ok()?;
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        // SAFETY: as above.
+        let v4 = unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 4]) }.ok()?;
+        addr[..4].copy_from_slice(&v4);
+    } else {
+        // SAFETY: as above.
+        addr = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) }.ok()?;
+    }
+    Some(SockAddr {
+        family,
+        port: u16::from_be(port),
+        addr,
+    })
+}
+
+#[inline(always)]
+fn save_pending(id: u64, ptr: u64, fd: u32) {
+    if PENDING
+        .insert(id, PendingCall { ptr, fd, _pad: 0 }, 0)
+        .is_err()
+    {
+        count(Counter::PendingTableFull);
+    }
+}
+
+#[inline(always)]
+fn take_pending(id: u64) -> Option<PendingCall> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = *unsafe { PENDING.get(id) }?;
+    let _ = PENDING.remove(id);
+    Some(call)
+}
+
+/// Starts tracking (tgid, fd) as a new connection and reports it.
+#[inline(always)]
+fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
+    let conn_id = next_conn_id();
+    let state = ConnState {
+        conn_id,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        role,
+        _pad: 0,
+    };
+    if CONNS.insert(SockKey { tgid, fd }, state, 0).is_err() {
+        count(Counter::ConnTableFull);
+        return;
+    }
+    count(Counter::ConnOpened);
+    let (family, remote_port, remote_addr) = match remote {
+        Some(a) => (a.family, a.port, a.addr),
+        None => (0, 0, [0; 16]),
+    };
+    emit_conn(&ConnInfo {
+        kind: EVENT_CONN_OPEN,
+        role,
+        conn_id,
+        family,
+        local_port: 0,
+        remote_port,
+        local_addr: [0; 16],
+        remote_addr,
+        rx_bytes: 0,
+        tx_bytes: 0,
+    });
+}
+
+// ---- accept / accept4 --------------------------------------------------------------------
+
+/// `accept4(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen, int flags)`
+#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
+pub fn syscall_enter_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_accept(&ctx);
+    0
+}
+
+/// `accept(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen)`
+#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
+pub fn syscall_enter_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn syscall_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn syscall_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_accept(&ctx);
+    0
+}
+
+fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    let (id, tgid) = current();
+    if tgid == setting_u32(&SELF_TGID) {
+        return Ok(());
+    }
+    let listen_fd = arg(ctx, ARG0)? as u32;
+    save_pending(id, arg(ctx, ARG1)?, listen_fd);
+    Ok(())
+}
+
+fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    let (id, tgid) = current();
+    let Some(call) = take_pending(id) else {
+        return Ok(());
+    };
+    let ret = arg(ctx, RET)? as i64;
+    if ret < 0 {
+        return Ok(());
+    }
+    // Without an address buffer (libuv passes NULL) the family is unknown: track it anyway,
+    // userspace decides from the bytes whether it is HTTP.
+    let remote = read_sockaddr(call.ptr);
+    if let Some(a) = &remote
+        && a.family != AF_INET
+        && a.family != AF_INET6
+    {
+        return Ok(());
+    }
+    if call.ptr != 0 && remote.is_none() {
+        count(Counter::AddrReadFailed);
+    }
+    open_conn(tgid, ret as u32, ROLE_SERVER, remote);
+    Ok(())
+}
+
+// ---- connect -------------------------------------------------------------------------------
+
+/// `connect(int fd, struct sockaddr *uservaddr, int addrlen)`
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+pub fn syscall_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_connect(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn syscall_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_connect(&ctx);
+    0
+}
+
+fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let (id, tgid) = current();
+    if tgid == setting_u32(&SELF_TGID) {
+        return Ok(());
+    }
+    let fd = arg(ctx, ARG0)? as u32;
+    let addr = arg(ctx, ARG1)?;
+    match read_sockaddr(addr) {
+        Some(a) if a.family == AF_INET || a.family == AF_INET6 => save_pending(id, addr, fd),
+        Some(_) => {}
+        None => count(Counter::AddrReadFailed),
+    }
+    Ok(())
+}
+
+fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let (id, tgid) = current();
+    let Some(call) = take_pending(id) else {
+        return Ok(());
+    };
+    let ret = arg(ctx, RET)? as i64;
+    // Non-blocking sockets (Node, Go, nginx) return -EINPROGRESS and complete later.
+    if ret != 0 && ret != -EINPROGRESS {
+        return Ok(());
+    }
+    open_conn(tgid, call.fd, ROLE_CLIENT, read_sockaddr(call.ptr));
+    Ok(())
+}
+
+// ---- read / recvfrom / write / sendto ------------------------------------------------------
+
+/// Entry of a call that moves bytes through one user buffer: `(fd, buf, len, ...)`.
+#[inline(always)]
+fn try_enter_io(ctx: &TracePointContext) -> Result<(), i64> {
+    let (id, tgid) = current();
+    let fd = arg(ctx, ARG0)? as u32;
+    // The one lookup every untraced read/write on the node pays.
+    if CONNS.get_ptr(SockKey { tgid, fd }).is_none() {
+        return Ok(());
+    }
+    save_pending(id, arg(ctx, ARG1)?, fd);
+    Ok(())
+}
+
+#[inline(always)]
+fn try_exit_io(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+    let (id, tgid) = current();
+    let Some(call) = take_pending(id) else {
+        return Ok(());
+    };
+    let ret = arg(ctx, RET)? as i64;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let Some(state) = CONNS.get_ptr_mut(SockKey { tgid, fd: call.fd }) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid for this program run.
+    let state = unsafe { &mut *state };
+    let offset = if direction == DIR_RECV {
+        let o = state.rx_bytes;
+        state.rx_bytes += ret as u64;
+        o
+    } else {
+        let o = state.tx_bytes;
+        state.tx_bytes += ret as u64;
+        o
+    };
+    emit_user_data(state.conn_id, direction, offset, ret as u64, call.ptr);
+    Ok(())
+}
+
+/// `read(unsigned int fd, char *buf, size_t count)`
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn syscall_enter_read(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn syscall_exit_read(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_io(&ctx, DIR_RECV);
+    0
+}
+
+/// `recvfrom(int fd, void *ubuf, size_t size, unsigned int flags, ...)`
+#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
+pub fn syscall_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
+pub fn syscall_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_io(&ctx, DIR_RECV);
+    0
+}
+
+/// `write(unsigned int fd, const char *buf, size_t count)`
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn syscall_enter_write(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn syscall_exit_write(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_io(&ctx, DIR_SEND);
+    0
+}
+
+/// `sendto(int fd, void *buff, size_t len, unsigned int flags, ...)`
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn syscall_enter_sendto(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn syscall_exit_sendto(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_io(&ctx, DIR_SEND);
+    0
+}
+
+// ---- close -----------------------------------------------------------------------------------
+
+/// `close(unsigned int fd)`
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn syscall_enter_close(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_close(&ctx);
+    0
+}
+
+fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+    let (_, tgid) = current();
+    let key = SockKey {
+        tgid,
+        fd: arg(ctx, ARG0)? as u32,
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(state) = (unsafe { CONNS.get(key) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNS.remove(key);
+    count(Counter::ConnClosed);
+    emit_conn(&ConnInfo {
+        kind: EVENT_CONN_CLOSE,
+        role: state.role,
+        conn_id: state.conn_id,
+        family: 0,
+        local_port: 0,
+        remote_port: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        rx_bytes: state.rx_bytes,
+        tx_bytes: state.tx_bytes,
+    });
+    Ok(())
+}

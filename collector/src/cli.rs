@@ -1,0 +1,101 @@
+//! Command line: `collector run`, `collector version`.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{export::OutputFormat, source::kernel::CapturePath};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "collector",
+    version,
+    about = "eBPF trace collector for AWS X-Ray"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture and export until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExporterKind {
+    /// One line per kernel event (connection opened/closed, bytes moved).
+    Events,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where captured data goes.
+    #[arg(long, env = "COLLECTOR_EXPORTER", value_enum, default_value = "events")]
+    pub exporter: ExporterKind,
+
+    /// Output format of the stdout exporters.
+    #[arg(long, env = "COLLECTOR_FORMAT", value_enum, default_value = "text")]
+    pub format: OutputFormat,
+
+    /// Which kernel hooks capture traffic.
+    #[arg(
+        long,
+        env = "COLLECTOR_CAPTURE_PATH",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub capture_path: CapturePath,
+
+    /// Payload bytes copied per recv/send call (the rest is counted, not copied).
+    #[arg(long, env = "COLLECTOR_CAPTURE_BYTES", default_value_t = collector_common::DEFAULT_CAPTURE_BYTES,
+          value_parser = clap::value_parser!(u32).range(1..=collector_common::MAX_CAPTURE_BYTES as i64))]
+    pub capture_bytes: u32,
+
+    /// Size of the kernel→collector ring buffer in bytes (a power of two, ≥ 4096).
+    #[arg(long, env = "COLLECTOR_RINGBUF_BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: u32,
+
+    /// How often the ring buffer is drained, in milliseconds.
+    #[arg(long, env = "COLLECTOR_DRAIN_INTERVAL_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub drain_interval_ms: u64,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(short = 'l', long, env = "COLLECTOR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!("{v} is not a power of two ≥ 4096"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_defaults_to_the_events_exporter_on_the_best_path() {
+        let cli = Cli::try_parse_from(["collector", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.exporter, ExporterKind::Events);
+        assert_eq!(args.capture_path, CapturePath::Auto);
+        assert_eq!(args.capture_bytes, collector_common::DEFAULT_CAPTURE_BYTES);
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected_with_the_flag_named() {
+        let err = Cli::try_parse_from(["collector", "run", "--ringbuf-bytes", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("--ringbuf-bytes"), "{err}");
+        assert!(err.to_string().contains("power of two"), "{err}");
+        let err = Cli::try_parse_from(["collector", "run", "--capture-bytes", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--capture-bytes"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Last stage: where captured data leaves the collector.
+
+pub mod events;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One human-readable line per record.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
