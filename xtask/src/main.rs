@@ -1,1 +1,104 @@
-fn main() {}
+//! `cargo xtask`: the project's front door. Every command first makes sure the machine can
+//! build the eBPF programs (see `setup`), then does its job.
+
+mod setup;
+mod shell;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build needs (idempotent), and nothing else.
+    Setup,
+    /// Build and run the collector as root: `cargo xtask run [-- ARGS]` (ARGS go to `collector run`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: unit, privileged integration and end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings on the userspace and the eBPF crates.
+    Lint,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    let root = shell::workspace_root();
+    std::env::set_current_dir(&root)?;
+    match command {
+        Command::Setup => setup::build_chain(),
+        Command::Run { args } => {
+            setup::build_chain()?;
+            shell::step("building the collector", || {
+                shell::cargo(&["build", "--package", "collector"])
+            })?;
+            let bin = root.join("target/debug/collector");
+            let mut cmd = if shell::is_root() {
+                std::process::Command::new(&bin)
+            } else {
+                eprintln!("xtask: the collector loads eBPF programs; running it with sudo");
+                let mut c = std::process::Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            // `cargo xtask run -- --format json` means `collector run --format json`.
+            let is_subcommand = args.first().is_some_and(|a| {
+                matches!(
+                    a.as_str(),
+                    "run" | "version" | "help" | "--help" | "-h" | "--version"
+                )
+            });
+            if !is_subcommand {
+                cmd.arg("run");
+            }
+            cmd.args(&args);
+            shell::exec(cmd)
+        }
+        Command::Test { args } => {
+            setup::build_chain()?;
+            setup::test_tools()?;
+            shell::step("building", || shell::cargo(&["build", "--tests", "--bins"]))?;
+            let mut test_args = vec!["test", "--no-fail-fast"];
+            test_args.extend(args.iter().map(String::as_str));
+            shell::cargo(&test_args)
+        }
+        Command::Lint => {
+            setup::build_chain()?;
+            shell::cargo(&["fmt", "--all", "--", "--check"])?;
+            shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The eBPF crate only builds for the BPF target, with nightly.
+            shell::run(
+                std::process::Command::new("cargo")
+                    .args([
+                        "+nightly",
+                        "clippy",
+                        "--package",
+                        "collector-ebpf",
+                        "--release",
+                    ])
+                    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                    .args(["--", "-D", "warnings"]),
+            )
+        }
+    }
+}

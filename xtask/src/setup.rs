@@ -1,0 +1,208 @@
+//! Makes sure, idempotently, that this machine can build and test the collector:
+//! nightly + rust-src (eBPF crate), Debian's llvm-N-dev and bpf-linker built against the same
+//! LLVM major N as nightly rustc, and the programs the end-to-end tests drive.
+//! Each step checks first and only acts when something is missing, so a ready machine pays a
+//! few quick commands. A step that cannot act (no root, no network) stops with the exact
+//! command to run by hand.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::shell::{self, is_root, output};
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+pub fn build_chain() -> anyhow::Result<()> {
+    nightly_with_rust_src()?;
+    let llvm = nightly_llvm_major()?;
+    debian_packages(
+        &format!("LLVM {llvm} development files for bpf-linker"),
+        &[
+            &format!("llvm-{llvm}-dev"),
+            &format!("libpolly-{llvm}-dev"),
+            "libzstd-dev",
+            "zlib1g-dev",
+        ],
+    )?;
+    bpf_linker(llvm)
+}
+
+/// Programs the end-to-end tests run as real peers.
+pub fn test_tools() -> anyhow::Result<()> {
+    debian_packages("end-to-end test programs", &["curl", "bpftool", "python3"])
+}
+
+fn nightly_with_rust_src() -> anyhow::Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"]).context(
+        "rustup is not available: install it from your distribution or rustup.rs, then rerun",
+    )?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        shell::step(
+            "installing the nightly toolchain (eBPF programs need it)",
+            || {
+                shell::run(Command::new("rustup").args([
+                    "toolchain",
+                    "install",
+                    "nightly",
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ]))
+                .context("run by hand: rustup toolchain install nightly --component rust-src")
+            },
+        )?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        shell::step(
+            "adding rust-src to nightly (build-std for the BPF target)",
+            || {
+                shell::run(Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    "nightly",
+                ]))
+                .context("run by hand: rustup component add rust-src --toolchain nightly")
+            },
+        )?;
+    }
+    eprintln!("xtask: ok: nightly toolchain with rust-src");
+    Ok(())
+}
+
+/// The LLVM major version of nightly rustc: bpf-linker must link the same one.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let vv = output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV failed")?;
+    parse_llvm_major(&vv).context("rustc +nightly -vV printed no LLVM version")
+}
+
+fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
+    let v = rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))?;
+    v.split('.').next()?.trim().parse().ok()
+}
+
+fn debian_packages(why: &str, packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: ok: {why} ({})", packages.join(" "));
+        return Ok(());
+    }
+    let by_hand = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "{why} are missing ({}); run as root: {by_hand}",
+            missing.join(" ")
+        );
+    }
+    shell::step(&format!("installing {why}: {}", missing.join(" ")), || {
+        // The package lists may be absent or stale on a fresh machine: refresh when a
+        // package has no install candidate.
+        let needs_update = missing.iter().any(|p| {
+            output("apt-cache", &["policy", p])
+                .is_none_or(|s| s.contains("Candidate: (none)") || s.trim().is_empty())
+        });
+        if needs_update {
+            shell::run(Command::new("apt-get").args(["update", "-q"])).with_context(|| {
+                format!("apt-get update failed (network?); run by hand: {by_hand}")
+            })?;
+        }
+        shell::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("run by hand: {by_hand}"))
+    })
+}
+
+fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    let installed = output("bpf-linker", &["--version"]);
+    let version_ok = installed.as_deref().is_some_and(|v| {
+        v.trim()
+            .starts_with(&format!("bpf-linker {BPF_LINKER_VERSION}."))
+    });
+    let linked = version_ok.then(bpf_linker_llvm_major).flatten();
+    match (version_ok, linked) {
+        (true, Some(major)) if major == llvm => {
+            eprintln!(
+                "xtask: ok: bpf-linker {BPF_LINKER_VERSION} with LLVM {major} (= nightly rustc's)"
+            );
+            return Ok(());
+        }
+        (true, Some(major)) => eprintln!(
+            "xtask: bpf-linker links LLVM {major} but nightly rustc uses LLVM {llvm}: they must \
+             match, rebuilding it against LLVM {llvm}"
+        ),
+        (true, None) => eprintln!("xtask: cannot tell which LLVM bpf-linker links; rebuilding it"),
+        (false, _) => {}
+    }
+    let prefix = format!("/usr/lib/llvm-{llvm}");
+    let feature = format!("llvm-{llvm}");
+    let by_hand = format!(
+        "LLVM_PREFIX={prefix} cargo install bpf-linker --version ^{BPF_LINKER_VERSION} \
+         --no-default-features --features {feature} --force"
+    );
+    shell::step(
+        &format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about 3 minutes, once)"
+        ),
+        || {
+            shell::run(
+                Command::new("cargo")
+                    .args(["install", "bpf-linker", "--locked", "--force"])
+                    .args(["--version", &format!("^{BPF_LINKER_VERSION}")])
+                    .args(["--no-default-features", "--features", &feature])
+                    .env("LLVM_PREFIX", &prefix),
+            )
+            .with_context(|| format!("run by hand: {by_hand}"))
+        },
+    )?;
+    match bpf_linker_llvm_major() {
+        Some(major) if major == llvm => Ok(()),
+        other => bail!(
+            "bpf-linker was built but links LLVM {other:?}, not {llvm}; run by hand: {by_hand}"
+        ),
+    }
+}
+
+/// The LLVM major bpf-linker is dynamically linked against (Debian's libLLVM.so.N).
+fn bpf_linker_llvm_major() -> Option<u32> {
+    let path = output("sh", &["-c", "command -v bpf-linker"])?;
+    let ldd = output("ldd", &[path.trim()])?;
+    ldd.split_whitespace().find_map(|word| {
+        let rest = word
+            .strip_prefix("libLLVM.so.")
+            .or_else(|| word.strip_prefix("libLLVM-"))?;
+        rest.split(['.', '-']).next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llvm_major_is_read_from_rustc_verbose_version() {
+        let vv = "rustc 1.97.0-nightly (abc 2026-11-20)\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(vv), Some(22));
+        assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+}
