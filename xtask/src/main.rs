@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     let root = shell::workspace_root();
     std::env::set_current_dir(&root)?;
+    shell::put_cargo_bin_on_path();
     match command {
         Command::Setup => setup::build_chain(),
         Command::Run { args } => {

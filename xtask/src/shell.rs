@@ -11,6 +11,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo install` puts bpf-linker in `$CARGO_HOME/bin`; make sure the build finds it there
+/// even when that directory is not on the caller's PATH.
+pub fn put_cargo_bin_on_path() {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(bin) = cargo_home.map(|h| h.join("bin")) else {
+        return;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .expect("PATH entries are joinable");
+    // SAFETY: called at start-up, before xtask starts any thread.
+    unsafe { std::env::set_var("PATH", joined) };
+}
+
 pub fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
