@@ -7,9 +7,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{ExporterKind, RunArgs},
-    export::events::EventPrinter,
+    http::TrackerLimits,
+    pipeline::Pipeline,
     source::{
-        clock::Clock,
+        clock::{Clock, monotonic_now_ns},
         event::decode,
         kernel::{KernelSource, SourceOptions},
     },
@@ -27,21 +28,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         source.attached().join(", ")
     );
 
-    let ExporterKind::Events = args.exporter;
     let stdout = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    let mut printer = EventPrinter::new(stdout, args.format, Clock::now());
+    let clock = Clock::now();
+    let mut pipeline = match args.exporter {
+        ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
+        ExporterKind::Exchanges => {
+            Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
+        }
+    };
     let mut decode_errors = 0u64;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let interval = Duration::from_millis(args.drain_interval_ms);
 
-    let mut drain = |source: &mut KernelSource, printer: &mut EventPrinter<_>| {
-        let mut write_error = None;
+    let mut drain = |source: &mut KernelSource, pipeline: &mut Pipeline<_>| {
+        let mut result = Ok(());
         source.drain(|record| match decode(record) {
             Ok(event) => {
-                if let Err(e) = printer.on_event(&event) {
-                    write_error.get_or_insert(e);
+                if let Err(e) = pipeline.on_event(event)
+                    && result.is_ok()
+                {
+                    result = Err(e);
                 }
             }
             Err(e) => {
@@ -49,7 +57,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tracing::debug!("dropping an undecodable record: {e}");
             }
         });
-        write_error.map_or_else(|| printer.flush(), Err)
+        result?;
+        pipeline.tick(monotonic_now_ns())?;
+        pipeline.flush()
     };
 
     loop {
@@ -58,7 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             () = source.wait(interval) => {}
         }
-        if let Err(e) = drain(&mut source, &mut printer) {
+        if let Err(e) = drain(&mut source, &mut pipeline) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break;
             }
@@ -66,19 +76,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Stop: take what the kernel still holds, then detach everything.
-    let _ = drain(&mut source, &mut printer);
+    // Stop: take what the kernel still holds, detach everything, finish open exchanges.
+    let _ = drain(&mut source, &mut pipeline);
     let counters = source.counters();
     drop(source);
+    pipeline
+        .finish()
+        .and_then(|()| pipeline.flush())
+        .context("writing to stdout")?;
     tracing::info!(
         decode_errors,
-        conns_not_remembered = printer.conns_not_remembered,
-        "stopped; kernel counters: {}",
+        "stopped; kernel counters: {}; http: {:?}",
         counters
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        pipeline.http_stats()
     );
     Ok(())
 }

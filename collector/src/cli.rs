@@ -25,14 +25,21 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExporterKind {
-    /// One line per kernel event (connection opened/closed, bytes moved).
+    /// One line per HTTP exchange: role, process, method, URL, status, duration, sizes.
+    Exchanges,
+    /// One line per kernel event (connection opened/closed, bytes moved): a debug view.
     Events,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where captured data goes.
-    #[arg(long, env = "COLLECTOR_EXPORTER", value_enum, default_value = "events")]
+    #[arg(
+        long,
+        env = "COLLECTOR_EXPORTER",
+        value_enum,
+        default_value = "exchanges"
+    )]
     pub exporter: ExporterKind,
 
     /// Output format of the stdout exporters.
@@ -80,12 +87,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_defaults_to_the_events_exporter_on_the_best_path() {
+    fn run_defaults_to_the_exchanges_exporter_on_the_best_path() {
         let cli = Cli::try_parse_from(["collector", "run"]).unwrap();
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.exporter, ExporterKind::Events);
+        assert_eq!(args.exporter, ExporterKind::Exchanges);
         assert_eq!(args.capture_path, CapturePath::Auto);
         assert_eq!(args.capture_bytes, collector_common::DEFAULT_CAPTURE_BYTES);
     }

@@ -12,7 +12,14 @@ fn collector_sees_python_server_read_the_request_and_write_the_status_line() {
         return;
     }
     let _serial = serial();
-    let collector = Collector::start(&["--capture-path", "syscall", "--format", "json"]);
+    let collector = Collector::start(&[
+        "--capture-path",
+        "syscall",
+        "--exporter",
+        "events",
+        "--format",
+        "json",
+    ]);
 
     let dir = TempDir::new("www");
     let path = unique("hello");

@@ -1,6 +1,7 @@
 //! Last stage: where captured data leaves the collector.
 
 pub mod events;
+pub mod exchanges;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {

@@ -27,6 +27,11 @@ impl Clock {
     }
 }
 
+/// Now, on the kernel's `bpf_ktime_get_ns` clock.
+pub fn monotonic_now_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC) as u64
+}
+
 fn read(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,

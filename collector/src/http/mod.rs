@@ -1,0 +1,337 @@
+//! Stage 3, HTTP exchanges: per connection, the two byte streams framed into HTTP/1.x
+//! messages and paired into [`Exchange`]s. A pure function of kernel events.
+
+pub mod chunked;
+pub mod exchange;
+pub mod head;
+pub mod message;
+
+use std::{collections::HashMap, net::SocketAddr};
+
+pub use exchange::{Exchange, ExchangeFlags};
+
+use crate::{
+    source::event::{ConnRecord, DataRecord, Direction, KernelEvent, Role},
+    stream::{Chunk, DirectionStream, StreamItem, StreamStats},
+};
+use exchange::{Pairing, PairingStats};
+
+/// What is known of a connection besides its bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub role: Option<Role>,
+    pub comm: String,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+}
+
+/// An exchange with the connection it happened on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnExchange {
+    pub exchange: Exchange,
+    pub conn: ConnMeta,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerLimits {
+    /// Connections tracked at once; beyond, the least recently active one is closed.
+    pub max_conns: usize,
+    /// A connection idle this long is closed (its open exchanges flushed).
+    pub idle_timeout_ns: u64,
+    /// A hole in a stream that has not filled after this long is declared a gap.
+    pub reorder_wait_ns: u64,
+}
+
+impl Default for TrackerLimits {
+    fn default() -> Self {
+        Self {
+            max_conns: 65_536,
+            idle_timeout_ns: 300_000_000_000,
+            reorder_wait_ns: 200_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub exchanges: u64,
+    pub conns_opened: u64,
+    pub conns_closed: u64,
+    pub conns_expired: u64,
+    /// Connections dropped to stay within `max_conns`.
+    pub conns_evicted: u64,
+    /// Data for a connection that was never opened (or already forgotten).
+    pub data_without_conn: u64,
+    pub not_http_conns: u64,
+    pub stream: StreamStats,
+    pub pairing: PairingStats,
+}
+
+struct Conn {
+    meta: ConnMeta,
+    recv: DirectionStream,
+    send: DirectionStream,
+    pairing: Pairing,
+    last_ts: u64,
+}
+
+pub struct HttpTracker {
+    conns: HashMap<u64, Conn>,
+    limits: TrackerLimits,
+    stats: TrackerStats,
+    items: Vec<StreamItem>,
+}
+
+impl HttpTracker {
+    pub fn new(limits: TrackerLimits) -> Self {
+        Self {
+            conns: HashMap::new(),
+            limits,
+            stats: TrackerStats::default(),
+            items: Vec::new(),
+        }
+    }
+
+    pub fn on_event(&mut self, event: KernelEvent, out: &mut Vec<ConnExchange>) {
+        match event {
+            KernelEvent::ConnOpen(c) => self.open(c, out),
+            KernelEvent::Data(d) => self.data(d, out),
+            KernelEvent::ConnClose(c) => {
+                if let Some(conn) = self.conns.remove(&c.conn_id) {
+                    self.stats.conns_closed += 1;
+                    let ts = c.ts_ns.max(conn.last_ts);
+                    self.finish(conn, ts, out);
+                }
+            }
+        }
+    }
+
+    /// Declares stale holes as gaps and closes connections idle past the limit.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<ConnExchange>) {
+        let reorder = self.limits.reorder_wait_ns;
+        let mut items = std::mem::take(&mut self.items);
+        for conn in self.conns.values_mut() {
+            if now_ns.saturating_sub(conn.last_ts) < reorder {
+                continue;
+            }
+            for (dir, stream) in [
+                (Direction::Recv, &mut conn.recv),
+                (Direction::Send, &mut conn.send),
+            ] {
+                if stream.has_pending() {
+                    items.clear();
+                    stream.skip_to_pending(&mut items);
+                    feed(
+                        &mut conn.pairing,
+                        &conn.meta,
+                        dir,
+                        &items,
+                        &mut self.stats,
+                        out,
+                    );
+                }
+            }
+        }
+        self.items = items;
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ts) >= self.limits.idle_timeout_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            let conn = self.conns.remove(&id).expect("listed");
+            self.stats.conns_expired += 1;
+            let ts = conn.last_ts;
+            self.finish(conn, ts, out);
+        }
+    }
+
+    /// Flushes every connection (at shutdown).
+    pub fn close_all(&mut self, out: &mut Vec<ConnExchange>) {
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            let conn = self.conns.remove(&id).expect("listed");
+            let ts = conn.last_ts;
+            self.finish(conn, ts, out);
+        }
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        let mut s = self.stats;
+        for c in self.conns.values() {
+            add_stream(&mut s.stream, &c.recv.stats);
+            add_stream(&mut s.stream, &c.send.stats);
+            add_pairing(&mut s.pairing, &c.pairing.stats);
+        }
+        s
+    }
+
+    pub fn tracked_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn open(&mut self, c: ConnRecord, out: &mut Vec<ConnExchange>) {
+        self.stats.conns_opened += 1;
+        if self.conns.len() >= self.limits.max_conns && !self.conns.contains_key(&c.conn_id) {
+            self.evict_oldest(out);
+        }
+        let meta = ConnMeta {
+            role: (c.role != Role::Unknown).then_some(c.role),
+            comm: c.comm,
+            local: c.local,
+            remote: c.remote,
+        };
+        let conn = Conn {
+            pairing: Pairing::new(c.conn_id, c.role),
+            meta,
+            recv: DirectionStream::default(),
+            send: DirectionStream::default(),
+            last_ts: c.ts_ns,
+        };
+        if let Some(old) = self.conns.insert(c.conn_id, conn) {
+            let ts = old.last_ts;
+            self.finish(old, ts, out);
+        }
+    }
+
+    fn data(&mut self, d: DataRecord, out: &mut Vec<ConnExchange>) {
+        let Some(conn) = self.conns.get_mut(&d.conn_id) else {
+            self.stats.data_without_conn += 1;
+            return;
+        };
+        conn.last_ts = conn.last_ts.max(d.ts_ns);
+        if !conn.pairing.is_http() {
+            return;
+        }
+        // Calls reach us in (near) time order: a hole still open when a later call on this
+        // connection arrives will not fill. Declare it now, before the later call is framed, so
+        // a lost request is known before the responses after it are paired.
+        for (dir, stream) in [
+            (Direction::Recv, &mut conn.recv),
+            (Direction::Send, &mut conn.send),
+        ] {
+            if stream.oldest_pending_ts().is_some_and(|ts| ts < d.ts_ns) {
+                self.items.clear();
+                stream.skip_to_pending(&mut self.items);
+                feed(
+                    &mut conn.pairing,
+                    &conn.meta,
+                    dir,
+                    &self.items,
+                    &mut self.stats,
+                    out,
+                );
+            }
+        }
+        let chunk = Chunk {
+            offset: d.stream_offset,
+            len: u64::from(d.total_len),
+            bytes: if d.payload_missing {
+                Vec::new()
+            } else {
+                d.payload
+            },
+            tail: d.tail,
+            ts_ns: d.ts_ns,
+            pid: d.pid,
+            tid: d.tid,
+        };
+        let stream = match d.direction {
+            Direction::Recv => &mut conn.recv,
+            Direction::Send => &mut conn.send,
+        };
+        self.items.clear();
+        stream.push(chunk, &mut self.items);
+        feed(
+            &mut conn.pairing,
+            &conn.meta,
+            d.direction,
+            &self.items,
+            &mut self.stats,
+            out,
+        );
+        if !conn.pairing.is_http() {
+            self.stats.not_http_conns += 1;
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<ConnExchange>) {
+        let Some(id) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_ts)
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        let conn = self.conns.remove(&id).expect("found");
+        self.stats.conns_evicted += 1;
+        let ts = conn.last_ts;
+        self.finish(conn, ts, out);
+    }
+
+    fn finish(&mut self, mut conn: Conn, ts: u64, out: &mut Vec<ConnExchange>) {
+        let mut items = Vec::new();
+        for (dir, stream) in [
+            (Direction::Recv, &mut conn.recv),
+            (Direction::Send, &mut conn.send),
+        ] {
+            stream.skip_to_pending(&mut items);
+            feed(
+                &mut conn.pairing,
+                &conn.meta,
+                dir,
+                &items,
+                &mut self.stats,
+                out,
+            );
+            items.clear();
+        }
+        let mut exchanges = Vec::new();
+        conn.pairing.close(ts, &mut exchanges);
+        self.stats.exchanges += exchanges.len() as u64;
+        out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
+            exchange,
+            conn: conn.meta.clone(),
+        }));
+        add_stream(&mut self.stats.stream, &conn.recv.stats);
+        add_stream(&mut self.stats.stream, &conn.send.stats);
+        add_pairing(&mut self.stats.pairing, &conn.pairing.stats);
+    }
+}
+
+fn feed(
+    pairing: &mut Pairing,
+    meta: &ConnMeta,
+    dir: Direction,
+    items: &[StreamItem],
+    stats: &mut TrackerStats,
+    out: &mut Vec<ConnExchange>,
+) {
+    let mut exchanges = Vec::new();
+    for item in items {
+        pairing.feed(dir, item, &mut exchanges);
+    }
+    stats.exchanges += exchanges.len() as u64;
+    out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
+        exchange,
+        conn: meta.clone(),
+    }));
+}
+
+fn add_stream(total: &mut StreamStats, s: &StreamStats) {
+    total.duplicate_chunks += s.duplicate_chunks;
+    total.overlap_bytes += s.overlap_bytes;
+    total.gaps += s.gaps;
+    total.gap_bytes += s.gap_bytes;
+}
+
+fn add_pairing(total: &mut PairingStats, s: &PairingStats) {
+    total.lost_messages += s.lost_messages;
+    total.unmatched_responses += s.unmatched_responses;
+    total.in_flight_overflow += s.in_flight_overflow;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! The stages after the kernel, wired for one exporter: a pure function of kernel events
+//! (plus the clock), so the whole path is testable without root.
+
+use std::io::Write;
+
+use crate::{
+    export::{OutputFormat, events::EventPrinter, exchanges::ExchangePrinter},
+    http::{ConnExchange, HttpTracker, TrackerLimits, TrackerStats},
+    source::{clock::Clock, event::KernelEvent},
+};
+
+pub enum Pipeline<W: Write> {
+    /// Raw kernel events, one line each.
+    Events(EventPrinter<W>),
+    /// Events → streams → HTTP exchanges, one line each.
+    Exchanges {
+        tracker: HttpTracker,
+        printer: ExchangePrinter<W>,
+        batch: Vec<ConnExchange>,
+    },
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn events(out: W, format: OutputFormat, clock: Clock) -> Self {
+        Self::Events(EventPrinter::new(out, format, clock))
+    }
+
+    pub fn exchanges(out: W, format: OutputFormat, clock: Clock, limits: TrackerLimits) -> Self {
+        Self::Exchanges {
+            tracker: HttpTracker::new(limits),
+            printer: ExchangePrinter::new(out, format, clock),
+            batch: Vec::new(),
+        }
+    }
+
+    pub fn on_event(&mut self, event: KernelEvent) -> std::io::Result<()> {
+        match self {
+            Self::Events(p) => p.on_event(&event),
+            Self::Exchanges {
+                tracker,
+                printer,
+                batch,
+            } => {
+                tracker.on_event(event, batch);
+                export(printer, batch)
+            }
+        }
+    }
+
+    /// Periodic work: stale holes become gaps, idle connections are closed.
+    pub fn tick(&mut self, now_ns: u64) -> std::io::Result<()> {
+        match self {
+            Self::Events(_) => Ok(()),
+            Self::Exchanges {
+                tracker,
+                printer,
+                batch,
+            } => {
+                tracker.expire(now_ns, batch);
+                export(printer, batch)
+            }
+        }
+    }
+
+    /// At shutdown: finish every connection's exchanges.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Events(_) => Ok(()),
+            Self::Exchanges {
+                tracker,
+                printer,
+                batch,
+            } => {
+                tracker.close_all(batch);
+                export(printer, batch)
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Events(p) => p.flush(),
+            Self::Exchanges { printer, .. } => printer.flush(),
+        }
+    }
+
+    pub fn http_stats(&self) -> Option<TrackerStats> {
+        match self {
+            Self::Events(_) => None,
+            Self::Exchanges { tracker, .. } => Some(tracker.stats()),
+        }
+    }
+}
+
+fn export<W: Write>(
+    printer: &mut ExchangePrinter<W>,
+    batch: &mut Vec<ConnExchange>,
+) -> std::io::Result<()> {
+    for e in batch.drain(..) {
+        printer.export(&e)?;
+    }
+    Ok(())
+}
