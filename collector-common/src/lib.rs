@@ -12,6 +12,12 @@ pub const EVENT_CONN_OPEN: u32 = 1;
 pub const EVENT_DATA: u32 = 2;
 /// A connection was closed. Record: [`ConnEvent`].
 pub const EVENT_CONN_CLOSE: u32 = 3;
+/// Socket-layer path: payload of one TCP packet of a traced connection. Record:
+/// [`PacketHeader`] + payload. Userspace joins packets with calls into data records.
+pub const EVENT_PACKET: u32 = 4;
+/// Socket-layer path: one recv/send call on a traced connection (thread, time, sequence
+/// range). Record: [`SockCallEvent`].
+pub const EVENT_SOCK_CALL: u32 = 5;
 
 /// Role of the traced process on a connection.
 pub const ROLE_UNKNOWN: u32 = 0;
@@ -38,6 +44,34 @@ pub const TAIL_BYTES: usize = 16;
 pub const DATA_FLAG_READ_FAILED: u32 = 1;
 /// `DataHeader::flags`: `tail` holds the last `tail_len` bytes of the call.
 pub const DATA_FLAG_HAS_TAIL: u32 = 2;
+
+/// What a connection's first payload bytes say (kernel-side classification).
+pub const PROTO_UNKNOWN: u32 = 0;
+pub const PROTO_HTTP: u32 = 1;
+/// Not HTTP/1.x: nothing more is copied, each packet or call costs one lookup.
+pub const PROTO_OTHER: u32 = 2;
+
+/// Does a connection's first payload start like HTTP/1.x? `Some(true/false)` once decided,
+/// `None` while fewer than 4 bytes are known. Shared by both sides so they agree.
+#[inline(always)]
+pub fn classify_http_start(b: &[u8; 4], known: usize) -> Option<bool> {
+    if known < 4 {
+        return None;
+    }
+    Some(matches!(
+        b,
+        b"GET "
+            | b"POST"
+            | b"PUT "
+            | b"HEAD"
+            | b"DELE"
+            | b"OPTI"
+            | b"PATC"
+            | b"CONN"
+            | b"TRAC"
+            | b"HTTP"
+    ))
+}
 
 /// Address families carried in [`ConnEvent::family`].
 pub const AF_INET: u16 = 2;
@@ -69,6 +103,49 @@ pub struct ConnEvent {
     /// Bytes received / sent over the connection (set on close).
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Socket-layer path, on open: TCP sequence number of the first payload byte received /
+    /// sent (stream offset 0). Zero on the syscall path.
+    pub recv_seq0: u32,
+    pub send_seq0: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// [`EVENT_PACKET`].
+    pub kind: u32,
+    /// [`DIR_RECV`] (ingress) or [`DIR_SEND`] (egress).
+    pub direction: u32,
+    pub ts_ns: u64,
+    /// Socket cookie (the connection id on this path).
+    pub cookie: u64,
+    /// TCP sequence number of the first payload byte.
+    pub seq: u32,
+    /// Payload bytes in the packet (a GSO packet may hold many segments).
+    pub len: u32,
+    pub captured_len: u32,
+    pub tail_len: u32,
+    pub flags: u32,
+    pub _pad0: u32,
+    pub tail: [u8; TAIL_BYTES],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockCallEvent {
+    /// [`EVENT_SOCK_CALL`].
+    pub kind: u32,
+    pub direction: u32,
+    /// When the call returned.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The call moved the sequence range `[seq_end - len, seq_end)`.
+    pub seq_end: u32,
+    pub len: u32,
+    /// The calling task's name: on this path the connection events run in softirq.
+    pub comm: [u8; 16],
 }
 
 #[repr(C)]
@@ -97,6 +174,8 @@ pub struct DataHeader {
 
 pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
 pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataHeader>();
+pub const PACKET_HEADER_SIZE: usize = core::mem::size_of::<PacketHeader>();
+pub const SOCK_CALL_EVENT_SIZE: usize = core::mem::size_of::<SockCallEvent>();
 
 /// Index of each kernel-side counter in the per-CPU `COUNTERS` array. Every failure in the
 /// kernel programs increments one of these; userspace sums them over CPUs and reports them.
@@ -116,10 +195,16 @@ pub enum Counter {
     ConnOpened = 5,
     ConnClosed = 6,
     DataEvents = 7,
+    /// Connections whose first bytes were not HTTP/1.x (no longer copied).
+    NotHttp = 8,
+    PacketEvents = 9,
+    CallEvents = 10,
+    /// Reading a kernel struct field (sequence numbers) failed.
+    KernelReadFailed = 11,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 12] = [
         Counter::RingbufFull,
         Counter::PayloadReadFailed,
         Counter::ConnTableFull,
@@ -128,6 +213,10 @@ impl Counter {
         Counter::ConnOpened,
         Counter::ConnClosed,
         Counter::DataEvents,
+        Counter::NotHttp,
+        Counter::PacketEvents,
+        Counter::CallEvents,
+        Counter::KernelReadFailed,
     ];
     /// Size of the `COUNTERS` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -142,6 +231,10 @@ impl Counter {
             Counter::ConnOpened => "conn_opened",
             Counter::ConnClosed => "conn_closed",
             Counter::DataEvents => "data_events",
+            Counter::NotHttp => "not_http_conns",
+            Counter::PacketEvents => "packet_events",
+            Counter::CallEvents => "call_events",
+            Counter::KernelReadFailed => "kernel_read_failed",
         }
     }
 }
@@ -151,6 +244,8 @@ mod user {
     // SAFETY: both types are repr(C), Copy, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::DataHeader {}
+    unsafe impl aya::Pod for super::PacketHeader {}
+    unsafe impl aya::Pod for super::SockCallEvent {}
 }
 
 #[cfg(test)]
@@ -163,11 +258,24 @@ mod tests {
         // disagree on.
         assert_eq!(
             CONN_EVENT_SIZE,
-            4 + 4 + 8 + 8 + 4 + 4 + 2 * 4 + 16 * 3 + 8 + 8
+            4 + 4 + 8 + 8 + 4 + 4 + 2 * 4 + 16 * 3 + 8 + 8 + 4 + 4
         );
         assert_eq!(DATA_HEADER_SIZE, 4 + 4 + 8 + 8 + 8 + 4 * 6 + TAIL_BYTES);
         assert_eq!(CONN_EVENT_SIZE % 8, 0);
         assert_eq!(DATA_HEADER_SIZE % 8, 0);
+        assert_eq!(PACKET_HEADER_SIZE, 4 + 4 + 8 + 8 + 4 * 6 + TAIL_BYTES);
+        assert_eq!(SOCK_CALL_EVENT_SIZE, 4 + 4 + 8 + 8 + 4 * 4 + 16);
+        assert_eq!(PACKET_HEADER_SIZE % 8, 0);
+        assert_eq!(SOCK_CALL_EVENT_SIZE % 8, 0);
+    }
+
+    #[test]
+    fn http_is_told_from_other_protocols_by_four_bytes() {
+        assert_eq!(classify_http_start(b"GET ", 4), Some(true));
+        assert_eq!(classify_http_start(b"HTTP", 4), Some(true));
+        assert_eq!(classify_http_start(b"\x16\x03\x01\x02", 4), Some(false));
+        assert_eq!(classify_http_start(b"*1\r\n", 4), Some(false));
+        assert_eq!(classify_http_start(b"GE\0\0", 2), None);
     }
 
     #[test]

@@ -1,28 +1,67 @@
 //! Writing records into the `EVENTS` ring buffer, the same way for every capture path.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    bpf_probe_read_user_buf,
 };
 use collector_common::{
     ConnEvent, Counter, DATA_FLAG_HAS_TAIL, DATA_FLAG_READ_FAILED, DATA_HEADER_SIZE, DataHeader,
     EVENT_DATA, MAX_CAPTURE_BYTES, TAIL_BYTES,
 };
 
-use crate::maps::{CAPTURE_BYTES, EVENTS, SCRATCH, WAKEUP_BYTES, count, setting_u32, setting_u64};
+use crate::maps::{
+    CAPTURE_BYTES, EVENTS, SCRATCH, Scratch, WAKEUP_BYTES, count, setting_u32, setting_u64,
+};
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// iovec entries walked per call (readv/writev/recvmsg/sendmsg).
+const MAX_IOV: u64 = 8;
 
 /// Records are submitted without waking the reader, which drains on a short timer; only when
 /// the buffer fills past `WAKEUP_BYTES` is the reader woken early, so it never overflows
 /// waiting for its timer.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
+pub fn wakeup_flag() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) > setting_u64(&WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
+    }
+}
+
+/// The payload bound for this call: the run-time setting, never above the compiled bound.
+#[inline(always)]
+pub fn capture_limit(total_len: u64) -> u64 {
+    let limit = setting_u32(&CAPTURE_BYTES) as u64;
+    let n = if total_len < limit { total_len } else { limit };
+    if n > MAX_CAPTURE_BYTES as u64 {
+        MAX_CAPTURE_BYTES as u64
+    } else {
+        n
+    }
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the per-CPU scratch value is ours for the duration of this program.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Copies a header-plus-payload record of `len` bytes from the scratch buffer to the ring.
+#[inline(always)]
+pub fn output_scratch(scratch: &Scratch, len: usize, ok: Counter) {
+    let mut len = len;
+    if len > DATA_HEADER_SIZE + MAX_CAPTURE_BYTES {
+        len = DATA_HEADER_SIZE + MAX_CAPTURE_BYTES;
+    }
+    // SAFETY: `len` is bounded by the scratch size.
+    let record = unsafe { core::slice::from_raw_parts(scratch.buf.as_ptr(), len) };
+    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
+        count(Counter::RingbufFull);
+    } else {
+        count(ok);
     }
 }
 
@@ -31,6 +70,8 @@ pub struct ConnInfo {
     pub kind: u32,
     pub role: u32,
     pub conn_id: u64,
+    /// Set where the current task is the connection's process; 0 where it is not (softirq).
+    pub with_task: bool,
     pub family: u16,
     pub local_port: u16,
     pub remote_port: u16,
@@ -38,6 +79,8 @@ pub struct ConnInfo {
     pub remote_addr: [u8; 16],
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    pub recv_seq0: u32,
+    pub send_seq0: u32,
 }
 
 #[inline(always)]
@@ -46,7 +89,11 @@ pub fn emit_conn(info: &ConnInfo) {
         count(Counter::RingbufFull);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = if info.with_task {
+        bpf_get_current_pid_tgid()
+    } else {
+        0
+    };
     entry.write(ConnEvent {
         kind: info.kind,
         role: info.role,
@@ -61,58 +108,85 @@ pub fn emit_conn(info: &ConnInfo) {
         _pad0: 0,
         local_addr: info.local_addr,
         remote_addr: info.remote_addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: if info.with_task {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        } else {
+            [0; 16]
+        },
         rx_bytes: info.rx_bytes,
         tx_bytes: info.tx_bytes,
+        recv_seq0: info.recv_seq0,
+        send_seq0: info.send_seq0,
     });
     entry.submit(wakeup_flag());
 }
 
-/// Emits one data record for `total_len` bytes that a call moved through the user buffer
-/// `buf`, copying a bounded prefix (and the last bytes when the prefix does not reach them).
+/// Where the bytes a call moved can be read from.
+#[derive(Clone, Copy)]
+pub enum Payload {
+    /// One user buffer.
+    User(u64),
+    /// An array of `struct iovec` with this many entries.
+    Iov(u64, u64),
+    /// Nothing to copy (sendfile: the bytes came from a file).
+    None,
+}
+
+/// Emits one data record for `total_len` bytes a call moved, copying a bounded prefix (and
+/// the last bytes, when the prefix does not reach them).
 #[inline(always)]
-pub fn emit_user_data(conn_id: u64, direction: u32, stream_offset: u64, total_len: u64, buf: u64) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch value is ours for the duration of this program.
-    let scratch = unsafe { &mut *scratch };
-
-    let limit = setting_u32(&CAPTURE_BYTES) as u64;
-    let mut n = if total_len < limit { total_len } else { limit };
-    if n > MAX_CAPTURE_BYTES as u64 {
-        n = MAX_CAPTURE_BYTES as u64;
-    }
+pub fn emit_data(
+    conn_id: u64,
+    direction: u32,
+    stream_offset: u64,
+    total_len: u64,
+    payload: Payload,
+) {
+    let Some(scratch) = scratch() else { return };
+    let want = capture_limit(total_len);
     let mut flags = 0u32;
-    let mut captured = 0u32;
-    if n > 0 {
-        // SAFETY: `n` ≤ MAX_CAPTURE_BYTES, so the slice lies inside the scratch buffer.
-        let dst = unsafe {
-            core::slice::from_raw_parts_mut(
-                scratch.buf.as_mut_ptr().add(DATA_HEADER_SIZE),
-                n as usize,
-            )
-        };
-        // SAFETY: reading user memory through the checked helper.
-        match unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) } {
-            Ok(()) => captured = n as u32,
-            Err(_) => {
-                flags |= DATA_FLAG_READ_FAILED;
-                count(Counter::PayloadReadFailed);
-            }
-        }
-    }
-
     let mut tail = [0u8; TAIL_BYTES];
     let mut tail_len = 0u32;
-    if total_len > n && total_len >= TAIL_BYTES as u64 {
-        let src = buf + total_len - TAIL_BYTES as u64;
-        // SAFETY: as above; a failure only leaves the tail out.
-        if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut tail) }.is_ok() {
-            tail_len = TAIL_BYTES as u32;
-            flags |= DATA_FLAG_HAS_TAIL;
+    let captured = match payload {
+        Payload::User(buf) => {
+            let mut got = 0;
+            if want > 0 {
+                // SAFETY: `want` ≤ MAX_CAPTURE_BYTES: the slice lies inside the scratch buffer.
+                let dst = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        scratch.buf.as_mut_ptr().add(DATA_HEADER_SIZE),
+                        want as usize,
+                    )
+                };
+                // SAFETY: user memory read through the checked helper.
+                match unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) } {
+                    Ok(()) => got = want,
+                    Err(_) => {
+                        flags |= DATA_FLAG_READ_FAILED;
+                        count(Counter::PayloadReadFailed);
+                    }
+                }
+            }
+            if total_len > want && total_len >= TAIL_BYTES as u64 {
+                let src = buf + total_len - TAIL_BYTES as u64;
+                // SAFETY: as above; a failure only leaves the tail out.
+                if unsafe { bpf_probe_read_user_buf(src as *const u8, &mut tail) }.is_ok() {
+                    tail_len = TAIL_BYTES as u32;
+                    flags |= DATA_FLAG_HAS_TAIL;
+                }
+            }
+            got
         }
-    }
+        Payload::Iov(iov, iovcnt) => {
+            let (got, has_tail) = copy_iov(scratch, iov, iovcnt, want, total_len, &mut tail);
+            if has_tail {
+                tail_len = TAIL_BYTES as u32;
+                flags |= DATA_FLAG_HAS_TAIL;
+            }
+            got
+        }
+        Payload::None => 0,
+    };
 
     let pid_tgid = bpf_get_current_pid_tgid();
     let header = DataHeader {
@@ -125,23 +199,123 @@ pub fn emit_user_data(conn_id: u64, direction: u32, stream_offset: u64, total_le
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         total_len: total_len as u32,
-        captured_len: captured,
+        captured_len: captured as u32,
         tail_len,
         flags,
         tail,
     };
     // SAFETY: the scratch buffer is 8-byte aligned (map value) and large enough.
     unsafe { (scratch.buf.as_mut_ptr() as *mut DataHeader).write(header) };
+    output_scratch(
+        scratch,
+        DATA_HEADER_SIZE + captured as usize,
+        Counter::DataEvents,
+    );
+}
 
-    let mut len = DATA_HEADER_SIZE + captured as usize;
-    if len > DATA_HEADER_SIZE + MAX_CAPTURE_BYTES {
-        len = DATA_HEADER_SIZE + MAX_CAPTURE_BYTES;
+/// Copies up to `want` bytes spread over an iovec array into the scratch payload, and the
+/// call's last bytes into `tail` when they lie in one entry. Returns (bytes copied, tail?).
+#[inline(always)]
+fn copy_iov(
+    scratch: &mut Scratch,
+    iov: u64,
+    iovcnt: u64,
+    want: u64,
+    total_len: u64,
+    tail: &mut [u8; TAIL_BYTES],
+) -> (u64, bool) {
+    // SAFETY (all volatile accesses below): fields of the per-CPU scratch value we own.
+    unsafe {
+        core::ptr::write_volatile(&mut scratch.iov_pos, 0);
+        core::ptr::write_volatile(&mut scratch.iov_seen, 0);
     }
-    // SAFETY: `len` is bounded by the scratch size.
-    let record = unsafe { core::slice::from_raw_parts(scratch.buf.as_ptr(), len) };
-    if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
-        count(Counter::RingbufFull);
-    } else {
-        count(Counter::DataEvents);
+    let mut has_tail = false;
+    for i in 0..MAX_IOV {
+        let pos = unsafe { core::ptr::read_volatile(&scratch.iov_pos) };
+        let seen = unsafe { core::ptr::read_volatile(&scratch.iov_seen) };
+        if i >= iovcnt || seen >= total_len || pos > MAX_CAPTURE_BYTES as u64 {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; } — the user ABI, 16 bytes.
+        // SAFETY: user memory read through the checked helper.
+        let Ok(base) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const u64) }) else {
+            break;
+        };
+        // SAFETY: as above.
+        let Ok(len) = (unsafe { bpf_probe_read_user((iov + i * 16 + 8) as *const u64) }) else {
+            break;
+        };
+        let len = if len > total_len - seen {
+            total_len - seen
+        } else {
+            len
+        };
+        if pos < want && pos < MAX_CAPTURE_BYTES as u64 {
+            let room = want - pos;
+            let mut n = if len < room { len } else { room };
+            if n > MAX_CAPTURE_BYTES as u64 {
+                n = MAX_CAPTURE_BYTES as u64;
+            }
+            // SAFETY: pos < MAX and n ≤ MAX: inside the doubled scratch payload area.
+            let dst = unsafe {
+                core::slice::from_raw_parts_mut(
+                    scratch
+                        .buf
+                        .as_mut_ptr()
+                        .add(DATA_HEADER_SIZE + pos as usize),
+                    n as usize,
+                )
+            };
+            // SAFETY: user memory read through the checked helper (a zero size is allowed).
+            if unsafe { bpf_probe_read_user_buf(base as *const u8, dst) }.is_err() {
+                count(Counter::PayloadReadFailed);
+                break;
+            }
+            unsafe { core::ptr::write_volatile(&mut scratch.iov_pos, pos + n) };
+        }
+        // The call's last TAIL_BYTES bytes, when they lie in this entry.
+        if total_len > want && seen + len == total_len && len >= TAIL_BYTES as u64 {
+            let src = base + len - TAIL_BYTES as u64;
+            // SAFETY: as above; a failure only leaves the tail out.
+            has_tail = unsafe { bpf_probe_read_user_buf(src as *const u8, tail) }.is_ok();
+        }
+        unsafe { core::ptr::write_volatile(&mut scratch.iov_seen, seen + len) };
+    }
+    let pos = unsafe { core::ptr::read_volatile(&scratch.iov_pos) };
+    (if pos > want { want } else { pos }, has_tail)
+}
+
+/// The first four bytes of a call's data, to tell HTTP from other protocols.
+#[inline(always)]
+pub fn first_bytes(payload: Payload, total_len: u64) -> ([u8; 4], usize) {
+    let mut b = [0u8; 4];
+    if total_len < 4 {
+        return (b, total_len as usize);
+    }
+    let src = match payload {
+        Payload::User(buf) => buf,
+        Payload::Iov(iov, iovcnt) if iovcnt > 0 => {
+            // SAFETY: user memory read through the checked helper.
+            let Ok(len) = (unsafe { bpf_probe_read_user((iov + 8) as *const u64) }) else {
+                return (b, 0);
+            };
+            if len < 4 {
+                return (b, 0);
+            }
+            // SAFETY: as above.
+            match unsafe { bpf_probe_read_user(iov as *const u64) } {
+                Ok(base) => base,
+                Err(_) => return (b, 0),
+            }
+        }
+        _ => return (b, 0),
+    };
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_user(src as *const [u8; 4]) } {
+        Ok(v) => {
+            b = v;
+            (b, 4)
+        }
+        Err(_) => (b, 0),
     }
 }

@@ -3,8 +3,11 @@
 #![no_std]
 #![no_main]
 
+mod cgroup_skb;
 mod emit;
 mod maps;
+mod sock_calls;
+mod sock_ops;
 mod syscalls;
 
 #[cfg(not(test))]

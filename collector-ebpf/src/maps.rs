@@ -14,11 +14,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// Room to build one data record (header + payload) before copying it into the ring buffer:
-/// records are variable-sized, and the BPF stack is only 512 bytes.
+/// Room to build one record (header + payload) before copying it into the ring buffer:
+/// records are variable-sized, and the BPF stack is only 512 bytes. Twice the payload bound,
+/// so a copy at any offset below the bound with any length up to it stays inside, which the
+/// verifier can check without relating the two.
 #[repr(C)]
 pub struct Scratch {
-    pub buf: [u8; DATA_HEADER_SIZE + MAX_CAPTURE_BYTES],
+    pub buf: [u8; DATA_HEADER_SIZE + 2 * MAX_CAPTURE_BYTES],
+    /// Running positions of the iovec walk. Kept in map memory (not registers) so every
+    /// iteration looks alike to the verifier, whose states then prune instead of multiplying.
+    pub iov_pos: u64,
+    pub iov_seen: u64,
 }
 
 #[map]
@@ -43,7 +49,8 @@ pub struct ConnState {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub role: u32,
-    pub _pad: u32,
+    /// `PROTO_*`: decided from the first payload bytes.
+    pub proto: u32,
 }
 
 #[map]
@@ -53,11 +60,39 @@ pub static CONNS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(65536,
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingCall {
-    /// User buffer (read/write) or sockaddr pointer (accept/connect).
+    /// User buffer, iovec array, msghdr or sockaddr pointer, as `kind` says.
     pub ptr: u64,
     pub fd: u32,
-    pub _pad: u32,
+    pub kind: u32,
 }
+
+pub const PENDING_BUF: u32 = 0;
+pub const PENDING_IOV: u32 = 1;
+pub const PENDING_MSG: u32 = 2;
+pub const PENDING_FILE: u32 = 3;
+pub const PENDING_ADDR: u32 = 4;
+
+/// Connections being traced on the socket-layer path, by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockState {
+    pub role: u32,
+    /// `PROTO_*`, or [`PROTO_IGNORED`] for the collector's own connections.
+    pub proto: u32,
+}
+
+/// A connection the collector itself opened: never traced.
+pub const PROTO_IGNORED: u32 = 99;
+
+#[map]
+pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
+
+/// Offsets of `tcp_sock.copied_seq` and `tcp_sock.write_seq` in the running kernel, read
+/// from its BTF by the collector at load time (never compiled in).
+#[unsafe(no_mangle)]
+pub static TCP_COPIED_SEQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TCP_WRITE_SEQ_OFF: u32 = 0;
 
 #[map]
 pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);

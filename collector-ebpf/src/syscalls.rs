@@ -1,4 +1,5 @@
-//! Syscall capture path: classic tracepoints on accept/connect/recv/send/close.
+//! Syscall capture path: classic tracepoints on accept/connect, the calls that move bytes
+//! (read/recvfrom/readv/recvmsg, write/sendto/writev/sendmsg/sendfile) and close.
 //!
 //! This is the fallback for kernels without the socket-layer tracepoints. Its cost to
 //! untracked work is the tracepoint dispatch plus one map lookup: every entry first checks
@@ -13,19 +14,21 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collector_common::{
-    AF_INET, AF_INET6, Counter, DIR_RECV, DIR_SEND, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, ROLE_CLIENT,
-    ROLE_SERVER,
+    AF_INET, AF_INET6, Counter, DIR_RECV, DIR_SEND, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, PROTO_HTTP,
+    PROTO_OTHER, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, classify_http_start,
 };
 
 use crate::{
-    emit::{ConnInfo, emit_conn, emit_user_data},
+    emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes},
     maps::{
-        CONN_SEQ, CONNS, ConnState, PENDING, PendingCall, SELF_TGID, SockKey, count, setting_u32,
+        CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
+        PENDING_MSG, PendingCall, SELF_TGID, SockKey, count, setting_u32,
     },
 };
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
+const ARG2: usize = 32;
 const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
 
@@ -99,7 +102,15 @@ fn read_sockaddr(ptr: u64) -> Option<SockAddr> {
 #[inline(always)]
 fn save_pending(id: u64, ptr: u64, fd: u32) {
     if PENDING
-        .insert(id, PendingCall { ptr, fd, _pad: 0 }, 0)
+        .insert(
+            id,
+            PendingCall {
+                ptr,
+                fd,
+                kind: PENDING_ADDR,
+            },
+            0,
+        )
         .is_err()
     {
         count(Counter::PendingTableFull);
@@ -123,7 +134,7 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
         rx_bytes: 0,
         tx_bytes: 0,
         role,
-        _pad: 0,
+        proto: PROTO_UNKNOWN,
     };
     if CONNS.insert(SockKey { tgid, fd }, state, 0).is_err() {
         count(Counter::ConnTableFull);
@@ -138,6 +149,7 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
         kind: EVENT_CONN_OPEN,
         role,
         conn_id,
+        with_task: true,
         family,
         local_port: 0,
         remote_port,
@@ -145,6 +157,8 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
         remote_addr,
         rx_bytes: 0,
         tx_bytes: 0,
+        recv_seq0: 0,
+        send_seq0: 0,
     });
 }
 
@@ -255,27 +269,77 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-// ---- read / recvfrom / write / sendto ------------------------------------------------------
+// ---- read / recvfrom / readv / recvmsg, write / sendto / writev / sendmsg / sendfile --------
 
-/// Entry of a call that moves bytes through one user buffer: `(fd, buf, len, ...)`.
+/// Entry of a call that moves bytes on an fd: remember where its bytes are for the exit.
+/// `KIND` is a constant per program, so each program holds only its own payload path (the
+/// verifier would otherwise walk every path in every program).
 #[inline(always)]
-fn try_enter_io(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
     let fd = arg(ctx, ARG0)? as u32;
     // The one lookup every untraced read/write on the node pays.
-    if CONNS.get_ptr(SockKey { tgid, fd }).is_none() {
+    let Some(state) = CONNS.get_ptr(SockKey { tgid, fd }) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid for this program run.
+    if unsafe { (*state).proto } == PROTO_OTHER {
         return Ok(());
     }
-    save_pending(id, arg(ctx, ARG1)?, fd);
+    let ptr = if KIND == PENDING_FILE {
+        0
+    } else {
+        arg(ctx, ARG1)?
+    };
+    if PENDING
+        .insert(
+            id,
+            PendingCall {
+                ptr,
+                fd,
+                kind: KIND,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(Counter::PendingTableFull);
+    }
     Ok(())
 }
 
+/// Where the bytes of a finished call are, from what its entry saved.
 #[inline(always)]
-fn try_exit_io(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+fn payload_of<const KIND: u32>(call: &PendingCall, ctx: &TracePointContext) -> Payload {
+    match KIND {
+        PENDING_BUF => Payload::User(call.ptr),
+        PENDING_IOV => Payload::Iov(call.ptr, arg(ctx, ARG2).unwrap_or(0)),
+        PENDING_MSG => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (the LP64 user ABI).
+            // SAFETY: user memory read through the checked helper.
+            let iov = unsafe { bpf_probe_read_user((call.ptr + 16) as *const u64) }.unwrap_or(0);
+            // SAFETY: as above.
+            let n = unsafe { bpf_probe_read_user((call.ptr + 24) as *const u64) }.unwrap_or(0);
+            if iov == 0 {
+                Payload::None
+            } else {
+                Payload::Iov(iov, n)
+            }
+        }
+        _ => Payload::None,
+    }
+}
+
+#[inline(always)]
+fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
         return Ok(());
     };
+    // An entry of another kind (a stale one) is not ours to finish.
+    if call.kind != KIND {
+        return Ok(());
+    }
     let ret = arg(ctx, RET)? as i64;
     if ret <= 0 {
         return Ok(());
@@ -285,6 +349,19 @@ fn try_exit_io(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program run.
     let state = unsafe { &mut *state };
+    let payload = payload_of::<KIND>(&call, ctx);
+    if state.proto == PROTO_UNKNOWN {
+        let (first, known) = first_bytes(payload, ret as u64);
+        match classify_http_start(&first, known) {
+            Some(true) => state.proto = PROTO_HTTP,
+            Some(false) => {
+                state.proto = PROTO_OTHER;
+                count(Counter::NotHttp);
+                return Ok(());
+            }
+            None => {}
+        }
+    }
     let offset = if direction == DIR_RECV {
         let o = state.rx_bytes;
         state.rx_bytes += ret as u64;
@@ -294,60 +371,46 @@ fn try_exit_io(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
         state.tx_bytes += ret as u64;
         o
     };
-    emit_user_data(state.conn_id, direction, offset, ret as u64, call.ptr);
+    emit_data(state.conn_id, direction, offset, ret as u64, payload);
     Ok(())
 }
 
-/// `read(unsigned int fd, char *buf, size_t count)`
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn syscall_enter_read(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_io(&ctx);
-    0
+macro_rules! io_hooks {
+    ($($enter:ident, $exit:ident, $enter_tp:literal, $exit_tp:literal, $kind:expr, $dir:expr, $doc:literal;)*) => {$(
+        #[doc = $doc]
+        #[tracepoint(category = "syscalls", name = $enter_tp)]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            let _ = try_enter_io::<{ $kind }>(&ctx);
+            0
+        }
+
+        #[tracepoint(category = "syscalls", name = $exit_tp)]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            let _ = try_exit_io::<{ $kind }>(&ctx, $dir);
+            0
+        }
+    )*};
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn syscall_exit_read(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_io(&ctx, DIR_RECV);
-    0
-}
-
-/// `recvfrom(int fd, void *ubuf, size_t size, unsigned int flags, ...)`
-#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn syscall_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_io(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
-pub fn syscall_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_io(&ctx, DIR_RECV);
-    0
-}
-
-/// `write(unsigned int fd, const char *buf, size_t count)`
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn syscall_enter_write(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_io(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn syscall_exit_write(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_io(&ctx, DIR_SEND);
-    0
-}
-
-/// `sendto(int fd, void *buff, size_t len, unsigned int flags, ...)`
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn syscall_enter_sendto(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_io(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
-pub fn syscall_exit_sendto(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_io(&ctx, DIR_SEND);
-    0
+io_hooks! {
+    syscall_enter_read, syscall_exit_read, "sys_enter_read", "sys_exit_read", PENDING_BUF, DIR_RECV,
+        "`read(unsigned int fd, char *buf, size_t count)`";
+    syscall_enter_recvfrom, syscall_exit_recvfrom, "sys_enter_recvfrom", "sys_exit_recvfrom", PENDING_BUF, DIR_RECV,
+        "`recvfrom(int fd, void *ubuf, size_t size, unsigned int flags, ...)`";
+    syscall_enter_readv, syscall_exit_readv, "sys_enter_readv", "sys_exit_readv", PENDING_IOV, DIR_RECV,
+        "`readv(unsigned long fd, const struct iovec *vec, unsigned long vlen)`";
+    syscall_enter_recvmsg, syscall_exit_recvmsg, "sys_enter_recvmsg", "sys_exit_recvmsg", PENDING_MSG, DIR_RECV,
+        "`recvmsg(int fd, struct user_msghdr *msg, unsigned int flags)`";
+    syscall_enter_write, syscall_exit_write, "sys_enter_write", "sys_exit_write", PENDING_BUF, DIR_SEND,
+        "`write(unsigned int fd, const char *buf, size_t count)`";
+    syscall_enter_sendto, syscall_exit_sendto, "sys_enter_sendto", "sys_exit_sendto", PENDING_BUF, DIR_SEND,
+        "`sendto(int fd, void *buff, size_t len, unsigned int flags, ...)`";
+    syscall_enter_writev, syscall_exit_writev, "sys_enter_writev", "sys_exit_writev", PENDING_IOV, DIR_SEND,
+        "`writev(unsigned long fd, const struct iovec *vec, unsigned long vlen)`";
+    syscall_enter_sendmsg, syscall_exit_sendmsg, "sys_enter_sendmsg", "sys_exit_sendmsg", PENDING_MSG, DIR_SEND,
+        "`sendmsg(int fd, struct user_msghdr *msg, unsigned int flags)`";
+    syscall_enter_sendfile64, syscall_exit_sendfile64, "sys_enter_sendfile64", "sys_exit_sendfile64", PENDING_FILE, DIR_SEND,
+        "`sendfile64(int out_fd, int in_fd, loff_t *offset, size_t count)`: bytes from a file, counted, not copied";
 }
 
 // ---- close -----------------------------------------------------------------------------------
@@ -375,6 +438,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
         kind: EVENT_CONN_CLOSE,
         role: state.role,
         conn_id: state.conn_id,
+        with_task: true,
         family: 0,
         local_port: 0,
         remote_port: 0,
@@ -382,6 +446,8 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
         remote_addr: [0; 16],
         rx_bytes: state.rx_bytes,
         tx_bytes: state.tx_bytes,
+        recv_seq0: 0,
+        send_seq0: 0,
     });
     Ok(())
 }

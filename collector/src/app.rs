@@ -10,9 +10,10 @@ use crate::{
     http::TrackerLimits,
     pipeline::Pipeline,
     source::{
+        Assembler,
         clock::{Clock, monotonic_now_ns},
-        event::decode,
-        kernel::{KernelSource, SourceOptions},
+        join::JoinLimits,
+        kernel::{CapturePath, KernelSource, SourceOptions},
     },
 };
 
@@ -24,9 +25,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!(
         hooks = source.attached().len(),
+        path = ?source.path(),
         "capturing on {}",
         source.attached().join(", ")
     );
+    let mut assembler = match source.path() {
+        CapturePath::Socket => Assembler::socket_path(JoinLimits {
+            capture_bytes: args.capture_bytes as usize,
+            ..JoinLimits::default()
+        }),
+        _ => Assembler::syscall_path(),
+    };
 
     let stdout = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let clock = Clock::now();
@@ -36,31 +45,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
         }
     };
-    let mut decode_errors = 0u64;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let interval = Duration::from_millis(args.drain_interval_ms);
-
-    let mut drain = |source: &mut KernelSource, pipeline: &mut Pipeline<_>| {
-        let mut result = Ok(());
-        source.drain(|record| match decode(record) {
-            Ok(event) => {
-                if let Err(e) = pipeline.on_event(event)
-                    && result.is_ok()
-                {
-                    result = Err(e);
-                }
-            }
-            Err(e) => {
-                decode_errors += 1;
-                tracing::debug!("dropping an undecodable record: {e}");
-            }
-        });
-        result?;
-        pipeline.tick(monotonic_now_ns())?;
-        pipeline.flush()
-    };
+    let mut events = Vec::new();
 
     loop {
         tokio::select! {
@@ -68,7 +57,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             () = source.wait(interval) => {}
         }
-        if let Err(e) = drain(&mut source, &mut pipeline) {
+        if let Err(e) = drain(&mut source, &mut assembler, &mut pipeline, &mut events) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break;
             }
@@ -77,22 +66,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     // Stop: take what the kernel still holds, detach everything, finish open exchanges.
-    let _ = drain(&mut source, &mut pipeline);
+    let _ = drain(&mut source, &mut assembler, &mut pipeline, &mut events);
     let counters = source.counters();
     drop(source);
+    assembler.finish(&mut events);
+    for event in events.drain(..) {
+        pipeline.on_event(event).context("writing to stdout")?;
+    }
     pipeline
         .finish()
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
     tracing::info!(
-        decode_errors,
-        "stopped; kernel counters: {}; http: {:?}",
+        decode_errors = assembler.decode_errors,
+        "stopped; kernel counters: {}; join: {:?}; http: {:?}",
         counters
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" "),
+        assembler.join_stats(),
         pipeline.http_stats()
     );
     Ok(())
+}
+
+/// One pass of the loop: ring buffer → events → stages → exporter.
+fn drain<W: std::io::Write>(
+    source: &mut KernelSource,
+    assembler: &mut Assembler,
+    pipeline: &mut Pipeline<W>,
+    events: &mut Vec<crate::source::event::KernelEvent>,
+) -> std::io::Result<()> {
+    source.drain(|record| assembler.push(record, events));
+    let now = monotonic_now_ns();
+    assembler.tick(now, events);
+    for event in events.drain(..) {
+        pipeline.on_event(event)?;
+    }
+    pipeline.tick(now)?;
+    pipeline.flush()
 }

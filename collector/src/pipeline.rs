@@ -9,6 +9,7 @@ use crate::{
     source::{clock::Clock, event::KernelEvent},
 };
 
+#[expect(clippy::large_enum_variant, reason = "one per collector")]
 pub enum Pipeline<W: Write> {
     /// Raw kernel events, one line each.
     Events(EventPrinter<W>),

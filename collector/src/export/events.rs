@@ -202,6 +202,8 @@ mod tests {
             remote: Some("127.0.0.1:4000".parse().unwrap()),
             rx_bytes: 0,
             tx_bytes: 0,
+            recv_seq0: 0,
+            send_seq0: 0,
         })
     }
 

@@ -66,6 +66,10 @@ pub struct PairingStats {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Lost is rare; the queue is nearly all requests"
+)]
 enum Queued {
     Request {
         head: RequestHead,

@@ -42,6 +42,8 @@ fn events(role: Role, calls: &[Call], capture: usize) -> Vec<KernelEvent> {
             remote: None,
             rx_bytes: 0,
             tx_bytes: 0,
+            recv_seq0: 0,
+            send_seq0: 0,
         })
     };
     let mut out = vec![conn(KernelEvent::ConnOpen, 0)];

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use collector_common::{
     AF_INET, AF_INET6, CONN_EVENT_SIZE, ConnEvent, DATA_FLAG_HAS_TAIL, DATA_FLAG_READ_FAILED,
     DATA_HEADER_SIZE, DIR_RECV, DIR_SEND, DataHeader, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_DATA, ROLE_CLIENT, ROLE_SERVER,
+    EVENT_DATA, EVENT_PACKET, EVENT_SOCK_CALL, PACKET_HEADER_SIZE, PacketHeader, ROLE_CLIENT,
+    ROLE_SERVER, SOCK_CALL_EVENT_SIZE, SockCallEvent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -36,6 +37,9 @@ pub struct ConnRecord {
     pub remote: Option<SocketAddr>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Socket-layer path: sequence numbers of stream offset 0 (see `join`).
+    pub recv_seq0: u32,
+    pub send_seq0: u32,
 }
 
 /// Bytes one recv/send call moved on a traced connection.
@@ -57,11 +61,45 @@ pub struct DataRecord {
     pub payload_missing: bool,
 }
 
+/// The one event stream every later stage sees, whichever capture path ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
     ConnOpen(ConnRecord),
     Data(DataRecord),
     ConnClose(ConnRecord),
+}
+
+/// Socket-layer path: one TCP packet's payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketRecord {
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub direction: Direction,
+    pub seq: u32,
+    pub len: u32,
+    pub payload: Vec<u8>,
+    pub tail: Option<Vec<u8>>,
+}
+
+/// Socket-layer path: one recv/send call, `[seq_end - len, seq_end)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub direction: Direction,
+    pub pid: u32,
+    pub tid: u32,
+    pub seq_end: u32,
+    pub len: u32,
+    pub comm: String,
+}
+
+/// A decoded ring buffer record: a finished event, or a socket-layer piece for the join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Event(KernelEvent),
+    Packet(PacketRecord),
+    Call(CallRecord),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,7 +113,7 @@ pub enum DecodeError {
 }
 
 /// Decodes one ring buffer record.
-pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
     let kind = u32::from_ne_bytes(
         record
             .get(..4)
@@ -87,11 +125,11 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
         EVENT_CONN_OPEN | EVENT_CONN_CLOSE => {
             let raw: ConnEvent = read_pod(record, CONN_EVENT_SIZE)?;
             let conn = conn_record(&raw);
-            Ok(if kind == EVENT_CONN_OPEN {
+            Ok(Record::Event(if kind == EVENT_CONN_OPEN {
                 KernelEvent::ConnOpen(conn)
             } else {
                 KernelEvent::ConnClose(conn)
-            })
+            }))
         }
         EVENT_DATA => {
             let raw: DataHeader = read_pod(record, DATA_HEADER_SIZE)?;
@@ -104,15 +142,10 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
                 });
             }
             let tail_len = (raw.tail_len as usize).min(raw.tail.len());
-            Ok(KernelEvent::Data(DataRecord {
+            Ok(Record::Event(KernelEvent::Data(DataRecord {
                 ts_ns: raw.ts_ns,
                 conn_id: raw.conn_id,
-                direction: if raw.direction == DIR_SEND {
-                    Direction::Send
-                } else {
-                    debug_assert_eq!(raw.direction, DIR_RECV);
-                    Direction::Recv
-                },
+                direction: direction(raw.direction),
                 pid: raw.pid,
                 tid: raw.tid,
                 stream_offset: raw.stream_offset,
@@ -121,9 +154,53 @@ pub fn decode(record: &[u8]) -> Result<KernelEvent, DecodeError> {
                 tail: (raw.flags & DATA_FLAG_HAS_TAIL != 0)
                     .then(|| raw.tail[raw.tail.len() - tail_len..].to_vec()),
                 payload_missing: raw.flags & DATA_FLAG_READ_FAILED != 0,
+            })))
+        }
+        EVENT_PACKET => {
+            let raw: PacketHeader = read_pod(record, PACKET_HEADER_SIZE)?;
+            let body = &record[PACKET_HEADER_SIZE..];
+            let captured = raw.captured_len as usize;
+            if body.len() < captured {
+                return Err(DecodeError::PayloadLength {
+                    claimed: captured,
+                    actual: body.len(),
+                });
+            }
+            let tail_len = (raw.tail_len as usize).min(raw.tail.len());
+            Ok(Record::Packet(PacketRecord {
+                ts_ns: raw.ts_ns,
+                cookie: raw.cookie,
+                direction: direction(raw.direction),
+                seq: raw.seq,
+                len: raw.len,
+                payload: body[..captured].to_vec(),
+                tail: (raw.flags & DATA_FLAG_HAS_TAIL != 0)
+                    .then(|| raw.tail[raw.tail.len() - tail_len..].to_vec()),
+            }))
+        }
+        EVENT_SOCK_CALL => {
+            let raw: SockCallEvent = read_pod(record, SOCK_CALL_EVENT_SIZE)?;
+            Ok(Record::Call(CallRecord {
+                ts_ns: raw.ts_ns,
+                cookie: raw.cookie,
+                direction: direction(raw.direction),
+                pid: raw.pid,
+                tid: raw.tid,
+                seq_end: raw.seq_end,
+                len: raw.len,
+                comm: comm_string(&raw.comm),
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn direction(raw: u32) -> Direction {
+    if raw == DIR_SEND {
+        Direction::Send
+    } else {
+        debug_assert_eq!(raw, DIR_RECV);
+        Direction::Recv
     }
 }
 
@@ -152,6 +229,8 @@ fn conn_record(raw: &ConnEvent) -> ConnRecord {
         remote: socket_addr(raw.family, &raw.remote_addr, raw.remote_port),
         rx_bytes: raw.rx_bytes,
         tx_bytes: raw.tx_bytes,
+        recv_seq0: raw.recv_seq0,
+        send_seq0: raw.send_seq0,
     }
 }
 
@@ -201,7 +280,7 @@ mod tests {
     fn a_data_record_keeps_its_payload_and_counts() {
         let mut rec = bytes_of(&data_header(5, 5));
         rec.extend_from_slice(b"GET /");
-        let KernelEvent::Data(d) = decode(&rec).unwrap() else {
+        let Record::Event(KernelEvent::Data(d)) = decode(&rec).unwrap() else {
             panic!("not data")
         };
         assert_eq!(d.payload, b"GET /");
@@ -219,7 +298,7 @@ mod tests {
         h.flags = DATA_FLAG_HAS_TAIL;
         h.tail_len = TAIL_BYTES as u32;
         h.tail = *b"0123456789\r\n0\r\n\r";
-        let KernelEvent::Data(d) = decode(&bytes_of(&h)).unwrap() else {
+        let Record::Event(KernelEvent::Data(d)) = decode(&bytes_of(&h)).unwrap() else {
             panic!()
         };
         assert_eq!(d.tail.as_deref(), Some(&b"0123456789\r\n0\r\n\r"[..]));
@@ -263,10 +342,12 @@ mod tests {
             comm: [0; 16],
             rx_bytes: 0,
             tx_bytes: 0,
+            recv_seq0: 0,
+            send_seq0: 0,
         };
         raw.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         raw.comm[..7].copy_from_slice(b"python3");
-        let KernelEvent::ConnOpen(c) = decode(&bytes_of(&raw)).unwrap() else {
+        let Record::Event(KernelEvent::ConnOpen(c)) = decode(&bytes_of(&raw)).unwrap() else {
             panic!()
         };
         assert_eq!(c.role, Role::Server);

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SockOps,
+        TracePoint,
+    },
 };
 use collector_common::Counter;
 use tokio::io::unix::AsyncFd;
@@ -16,14 +19,62 @@ use tokio::io::unix::AsyncFd;
 /// The compiled kernel programs, embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
-/// Which kernel hooks produce the events. Both emit the same records.
+/// Which kernel hooks produce the events. Both give later stages the same events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CapturePath {
-    /// The best path this kernel offers.
+    /// The socket layer where the kernel has it, else syscalls.
     Auto,
+    /// sock_ops + cgroup_skb on the cgroup v2 root + tp_btf sock_{recv,send}_length (Linux
+    /// 6.3+, BTF, cgroup v2): costs work that is not network I/O nothing.
+    Socket,
     /// Classic syscall tracepoints (accept/connect/read/write/...): works on any kernel with
     /// CONFIG_FTRACE_SYSCALLS, but every read/write on the node pays the tracepoint dispatch.
     Syscall,
+}
+
+/// What the socket-layer path needs from this machine, found before loading.
+struct SocketLayer {
+    cgroup_root: std::path::PathBuf,
+    btf: Btf,
+    copied_seq_off: u32,
+    write_seq_off: u32,
+}
+
+impl SocketLayer {
+    fn probe() -> anyhow::Result<Self> {
+        let cgroup_root = cgroup2_mount()
+            .context("no cgroup v2 hierarchy is mounted (sock_ops and cgroup_skb attach to it)")?;
+        let events = [
+            "/sys/kernel/tracing/events/sock",
+            "/sys/kernel/debug/tracing/events/sock",
+        ];
+        if !events
+            .iter()
+            .any(|d| std::path::Path::new(d).join("sock_recv_length").is_dir())
+        {
+            anyhow::bail!("the kernel has no sock_recv_length tracepoint (added in Linux 6.3)");
+        }
+        let ours = super::btf::Btf::from_sys_fs()?;
+        let copied_seq_off = ours.member_offset("tcp_sock", "copied_seq")?;
+        let write_seq_off = ours.member_offset("tcp_sock", "write_seq")?;
+        let btf = Btf::from_sys_fs().context("loading the kernel BTF for tp_btf programs")?;
+        Ok(Self {
+            cgroup_root,
+            btf,
+            copied_seq_off,
+            write_seq_off,
+        })
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(Into::into))?
+    })
 }
 
 /// One classic tracepoint and the program attached to it.
@@ -41,6 +92,67 @@ const fn syscall_hook(program: &'static str, name: &'static str) -> Hook {
     }
 }
 
+/// Socket-layer path: sock_ops first (connections), then packets, then calls, so no data
+/// arrives for a connection that was not registered.
+fn attach_socket_layer(
+    ebpf: &mut Ebpf,
+    s: &SocketLayer,
+    attached: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let root = std::fs::File::open(&s.cgroup_root)
+        .with_context(|| format!("opening the cgroup v2 root {}", s.cgroup_root.display()))?;
+    let at = s.cgroup_root.display();
+    // Multi-program mode, so CNI plugins and systemd keep their programs on the same cgroup.
+    // On 5.7+ aya attaches through bpf_link_create, where cgroup links are always
+    // multi-attach and the kernel refuses any flag; older kernels take BPF_F_ALLOW_MULTI.
+    let mode = match aya::util::KernelVersion::current() {
+        Ok(v) if v >= aya::util::KernelVersion::new(5, 7, 0) => CgroupAttachMode::Single,
+        _ => CgroupAttachMode::AllowMultiple,
+    };
+
+    let prog: &mut SockOps = program(ebpf, "sock_ops_conn")?;
+    prog.load()
+        .map_err(|e| explain_load_error("sock_ops_conn", "sock_ops", e))?;
+    prog.attach(&root, mode)
+        .with_context(|| format!("attaching sock_ops to {at}"))?;
+    attached.push(format!("sock_ops@{at}"));
+
+    for (name, kind) in [
+        ("skb_ingress", CgroupSkbAttachType::Ingress),
+        ("skb_egress", CgroupSkbAttachType::Egress),
+    ] {
+        let prog: &mut CgroupSkb = program(ebpf, name)?;
+        prog.load()
+            .map_err(|e| explain_load_error(name, "cgroup_skb", e))?;
+        prog.attach(&root, kind, mode)
+            .with_context(|| format!("attaching {name} to {at}"))?;
+        attached.push(format!("cgroup_skb/{name}@{at}"));
+    }
+
+    for (name, tp) in [
+        ("sock_recv_call", "sock_recv_length"),
+        ("sock_send_call", "sock_send_length"),
+    ] {
+        let prog: &mut BtfTracePoint = program(ebpf, name)?;
+        prog.load(tp, &s.btf)
+            .map_err(|e| explain_load_error(name, "tp_btf", e))?;
+        prog.attach()
+            .with_context(|| format!("attaching {name} to tp_btf/{tp}"))?;
+        attached.push(format!("tp_btf/{tp}"));
+    }
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} is missing from the eBPF object"))?;
+    Ok(prog.try_into()?)
+}
+
 const SYSCALL_HOOKS: &[Hook] = &[
     syscall_hook("syscall_enter_accept4", "sys_enter_accept4"),
     syscall_hook("syscall_exit_accept4", "sys_exit_accept4"),
@@ -52,10 +164,20 @@ const SYSCALL_HOOKS: &[Hook] = &[
     syscall_hook("syscall_exit_read", "sys_exit_read"),
     syscall_hook("syscall_enter_recvfrom", "sys_enter_recvfrom"),
     syscall_hook("syscall_exit_recvfrom", "sys_exit_recvfrom"),
+    syscall_hook("syscall_enter_readv", "sys_enter_readv"),
+    syscall_hook("syscall_exit_readv", "sys_exit_readv"),
+    syscall_hook("syscall_enter_recvmsg", "sys_enter_recvmsg"),
+    syscall_hook("syscall_exit_recvmsg", "sys_exit_recvmsg"),
     syscall_hook("syscall_enter_write", "sys_enter_write"),
     syscall_hook("syscall_exit_write", "sys_exit_write"),
     syscall_hook("syscall_enter_sendto", "sys_enter_sendto"),
     syscall_hook("syscall_exit_sendto", "sys_exit_sendto"),
+    syscall_hook("syscall_enter_writev", "sys_enter_writev"),
+    syscall_hook("syscall_exit_writev", "sys_exit_writev"),
+    syscall_hook("syscall_enter_sendmsg", "sys_enter_sendmsg"),
+    syscall_hook("syscall_exit_sendmsg", "sys_exit_sendmsg"),
+    syscall_hook("syscall_enter_sendfile64", "sys_enter_sendfile64"),
+    syscall_hook("syscall_exit_sendfile64", "sys_exit_sendfile64"),
     syscall_hook("syscall_enter_close", "sys_enter_close"),
 ];
 
@@ -71,6 +193,8 @@ pub struct SourceOptions {
 pub struct KernelSource {
     /// Owns programs, links and maps: dropping it detaches everything.
     _ebpf: Ebpf,
+    /// The path that runs (never `Auto`).
+    path: CapturePath,
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     attached: Vec<String>,
@@ -82,6 +206,24 @@ impl KernelSource {
         for fs in super::mounts::ensure_kernel_filesystems()? {
             tracing::info!("mounted {fs}");
         }
+        let socket_layer = match opts.capture_path {
+            CapturePath::Syscall => None,
+            CapturePath::Socket => {
+                Some(SocketLayer::probe().context("the socket-layer path is unavailable")?)
+            }
+            CapturePath::Auto => match SocketLayer::probe() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(
+                        "socket-layer capture unavailable ({e:#}); using syscall tracepoints"
+                    );
+                    None
+                }
+            },
+        };
+        let (copied_seq_off, write_seq_off) = socket_layer
+            .as_ref()
+            .map_or((0, 0), |s| (s.copied_seq_off, s.write_seq_off));
         let self_tgid = std::process::id();
         // Ring buffer wakeups only when a quarter full: the reader drains on its timer.
         let wakeup_bytes = u64::from(opts.ringbuf_bytes / 4);
@@ -89,6 +231,8 @@ impl KernelSource {
             .override_global("CAPTURE_BYTES", &opts.capture_bytes, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("TCP_COPIED_SEQ_OFF", &copied_seq_off, true)
+            .override_global("TCP_WRITE_SEQ_OFF", &write_seq_off, true)
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
             .load(EBPF_OBJECT)
             .context(
@@ -97,14 +241,19 @@ impl KernelSource {
             )?;
 
         let mut attached = Vec::new();
-        match opts.capture_path {
-            CapturePath::Auto | CapturePath::Syscall => {
+        let path = match socket_layer {
+            Some(s) => {
+                attach_socket_layer(&mut ebpf, &s, &mut attached)?;
+                CapturePath::Socket
+            }
+            None => {
                 for hook in SYSCALL_HOOKS {
                     attach_tracepoint(&mut ebpf, hook)?;
                     attached.push(format!("tracepoint/{}/{}", hook.category, hook.name));
                 }
+                CapturePath::Syscall
             }
-        }
+        };
 
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         // SAFETY: the RingBuf owns its map fd and keeps it open while the AsyncFd owns it.
@@ -113,10 +262,16 @@ impl KernelSource {
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         Ok(Self {
             _ebpf: ebpf,
+            path,
             events,
             counters,
             attached,
         })
+    }
+
+    /// The capture path that runs: `Socket` or `Syscall`.
+    pub fn path(&self) -> CapturePath {
+        self.path
     }
 
     /// The hooks attached, for the start-up log.
@@ -170,10 +325,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, hook: &Hook) -> anyhow::Result<()> {
         category,
         name,
     } = hook;
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} is missing from the eBPF object"))?
-        .try_into()?;
+    let prog: &mut TracePoint = self::program(ebpf, program)?;
     prog.load()
         .map_err(|e| explain_load_error(program, "tracepoint", e))?;
     prog.attach(category, name).map_err(|e| {

@@ -1,0 +1,179 @@
+//! Socket-layer path, connections: sock_ops on the cgroup v2 root sees every TCP connection
+//! established (active = we connected = client, passive = we accepted = server) and closed,
+//! with its 4-tuple, socket cookie and initial sequence numbers.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use collector_common::{
+    AF_INET, AF_INET6, Counter, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, PROTO_UNKNOWN, ROLE_CLIENT,
+    ROLE_SERVER,
+};
+
+use crate::{
+    emit::{ConnInfo, emit_conn},
+    maps::{PROTO_IGNORED, SELF_TGID, SOCKS, SockState, count, setting_u32},
+};
+
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
+const TCP_CLOSE: u32 = 7;
+
+/// Every sock_ops callback of every TCP socket on the node. Always returns 1 (no effect on
+/// the connection).
+#[sock_ops]
+pub fn sock_ops_conn(ctx: SockOpsContext) -> u32 {
+    let _ = try_sock_ops(&ctx);
+    1
+}
+
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
+    match ctx.op() {
+        // Runs in the connecting task: the one place we can tell our own connections apart.
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if (bpf_get_current_pid_tgid() >> 32) as u32 == setting_u32(&SELF_TGID) {
+                let state = SockState {
+                    role: ROLE_CLIENT,
+                    proto: PROTO_IGNORED,
+                };
+                let _ = SOCKS.insert(cookie(ctx), state, 0);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => open(ctx, ROLE_CLIENT),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => open(ctx, ROLE_SERVER),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => close(ctx),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: sock_ops context pointer, as the helper expects.
+    unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
+}
+
+#[inline(always)]
+fn open(ctx: &SockOpsContext, role: u32) {
+    let cookie = cookie(ctx);
+    // SAFETY: map lookup; the value is copied.
+    if let Some(s) = unsafe { SOCKS.get(cookie) }
+        && s.proto == PROTO_IGNORED
+    {
+        return;
+    }
+    let family = ctx.family() as u16;
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    if SOCKS
+        .insert(
+            cookie,
+            SockState {
+                role,
+                proto: PROTO_UNKNOWN,
+            },
+            0,
+        )
+        .is_err()
+    {
+        count(Counter::ConnTableFull);
+        return;
+    }
+    // Ask for state changes, to see the close.
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+    count(Counter::ConnOpened);
+    let (local_addr, remote_addr) = if family == AF_INET {
+        (v4(ctx.local_ip4()), v4(ctx.remote_ip4()))
+    } else {
+        ip6_addrs(ctx)
+    };
+    // SAFETY: context fields read directly; the verifier rewrites these accesses.
+    let (rcv_nxt, snd_nxt) = unsafe { ((*ctx.ops).rcv_nxt, (*ctx.ops).snd_nxt) };
+    emit_conn(&ConnInfo {
+        kind: EVENT_CONN_OPEN,
+        role,
+        conn_id: cookie,
+        // Established callbacks run in softirq: the current task is not the connection's.
+        with_task: false,
+        family,
+        // local_port is in host order; remote_port in network order (uapi bpf_sock_ops).
+        local_port: ctx.local_port() as u16,
+        remote_port: u16::from_be(ctx.remote_port() as u16),
+        local_addr,
+        remote_addr,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        recv_seq0: rcv_nxt,
+        send_seq0: snd_nxt,
+    });
+}
+
+#[inline(always)]
+fn close(ctx: &SockOpsContext) {
+    let cookie = cookie(ctx);
+    // SAFETY: map lookup; the value is copied.
+    let Some(state) = (unsafe { SOCKS.get(cookie) }).copied() else {
+        return;
+    };
+    let _ = SOCKS.remove(cookie);
+    if state.proto == PROTO_IGNORED {
+        return;
+    }
+    count(Counter::ConnClosed);
+    emit_conn(&ConnInfo {
+        kind: EVENT_CONN_CLOSE,
+        role: state.role,
+        conn_id: cookie,
+        with_task: false,
+        family: 0,
+        local_port: 0,
+        remote_port: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        rx_bytes: 0,
+        tx_bytes: 0,
+        recv_seq0: 0,
+        send_seq0: 0,
+    });
+}
+
+/// An IPv4 address as the context holds it (network order in a u32) to bytes.
+#[inline(always)]
+fn v4(a: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&a.to_ne_bytes());
+    out
+}
+
+/// The verifier only allows context loads at constant offsets from the context pointer
+/// itself: each word is read on its own, never through a pointer to the array.
+#[inline(always)]
+fn ip6_addrs(ctx: &SockOpsContext) -> ([u8; 16], [u8; 16]) {
+    let ops = ctx.ops;
+    let mut local = [0u8; 16];
+    let mut remote = [0u8; 16];
+    macro_rules! word {
+        ($i:literal) => {
+            // SAFETY: context field loads at constant offsets.
+            let (l, r) = unsafe {
+                (
+                    core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip6[$i])),
+                    core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[$i])),
+                )
+            };
+            local[$i * 4..$i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+            remote[$i * 4..$i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+        };
+    }
+    word!(0);
+    word!(1);
+    word!(2);
+    word!(3);
+    (local, remote)
+}

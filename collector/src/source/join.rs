@@ -1,0 +1,392 @@
+//! Socket-layer path: joins packets (payload and TCP sequence numbers, from cgroup_skb) with
+//! calls (thread, time and sequence range, from sock_recv/send_length) on
+//! (socket cookie, sequence range) into the data records every later stage sees. Timestamps
+//! alone cannot join them: a recv may run milliseconds after its packet arrived.
+//!
+//! Offsets are sequence numbers relative to the connection's first payload byte (from
+//! sock_ops), unwrapped past 4 GiB. Retransmitted and out-of-order packets are placed by
+//! sequence number, so they are never duplicated into a stream.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use collector_common::TAIL_BYTES;
+
+use super::event::{
+    CallRecord, ConnRecord, DataRecord, Direction, KernelEvent, PacketRecord, Record,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct JoinLimits {
+    /// Payload prefix wanted per call (the kernel's capture setting).
+    pub capture_bytes: usize,
+    /// How long a send call waits for the packets that carry its bytes.
+    pub max_wait_ns: u64,
+    /// Packets held per direction of a connection.
+    pub max_packets: usize,
+    /// Calls waiting per direction of a connection.
+    pub max_calls: usize,
+    pub max_conns: usize,
+}
+
+impl Default for JoinLimits {
+    fn default() -> Self {
+        Self {
+            capture_bytes: collector_common::DEFAULT_CAPTURE_BYTES as usize,
+            max_wait_ns: 100_000_000,
+            max_packets: 256,
+            max_calls: 256,
+            max_conns: 65_536,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    pub calls: u64,
+    pub packets: u64,
+    /// Calls emitted without (all of) their wanted payload: packets never seen in time.
+    pub calls_missing_payload: u64,
+    /// Packets or calls of connections never opened (or already closed).
+    pub unknown_conn: u64,
+    /// Packets dropped to stay within the per-direction bound, or already consumed.
+    pub packets_dropped: u64,
+    pub duplicate_packets: u64,
+    /// recv calls that also consumed the FIN (their sequence range is one past the data).
+    pub fin_adjusted: u64,
+    pub conns_evicted: u64,
+}
+
+#[derive(Debug)]
+struct Packet {
+    len: u64,
+    bytes: Vec<u8>,
+    tail: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Call {
+    start: u64,
+    len: u64,
+    ts_ns: u64,
+    pid: u32,
+    tid: u32,
+}
+
+#[derive(Debug)]
+struct JoinDir {
+    seq0: u32,
+    /// Highest offset seen, for unwrapping sequence numbers.
+    last: u64,
+    /// Where the next call should start.
+    next_call: u64,
+    packets: BTreeMap<u64, Packet>,
+    calls: VecDeque<Call>,
+}
+
+impl JoinDir {
+    fn new(seq0: u32) -> Self {
+        Self {
+            seq0,
+            last: 0,
+            next_call: 0,
+            packets: BTreeMap::new(),
+            calls: VecDeque::new(),
+        }
+    }
+
+    /// Stream offset of a sequence number: the candidate (modulo 2^32) nearest the last one.
+    fn offset(&mut self, seq: u32) -> u64 {
+        let rel = u64::from(seq.wrapping_sub(self.seq0));
+        let base = self.last & !0xffff_ffff;
+        let mut best = base | rel;
+        for cand in [best.checked_sub(1 << 32), best.checked_add(1 << 32)]
+            .into_iter()
+            .flatten()
+        {
+            if cand.abs_diff(self.last) < best.abs_diff(self.last) {
+                best = cand;
+            }
+        }
+        self.last = self.last.max(best);
+        best
+    }
+}
+
+struct JoinConn {
+    conn_id: u64,
+    /// The open is held until the first call names the process (sock_ops runs in softirq).
+    pending_open: Option<ConnRecord>,
+    recv: JoinDir,
+    send: JoinDir,
+}
+
+pub struct SocketJoin {
+    conns: HashMap<u64, JoinConn>,
+    limits: JoinLimits,
+    pub stats: JoinStats,
+}
+
+impl SocketJoin {
+    pub fn new(limits: JoinLimits) -> Self {
+        Self {
+            conns: HashMap::new(),
+            limits,
+            stats: JoinStats::default(),
+        }
+    }
+
+    pub fn push(&mut self, record: Record, out: &mut Vec<KernelEvent>) {
+        match record {
+            Record::Event(KernelEvent::ConnOpen(c)) => self.open(c, out),
+            Record::Event(KernelEvent::ConnClose(c)) => {
+                if let Some(mut conn) = self.conns.remove(&c.conn_id) {
+                    self.flush(&mut conn, out);
+                }
+                out.push(KernelEvent::ConnClose(c));
+            }
+            Record::Event(e) => out.push(e),
+            Record::Packet(p) => self.packet(p, out),
+            Record::Call(c) => self.call(c, out),
+        }
+    }
+
+    /// Emits calls that waited long enough for their packets.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<KernelEvent>) {
+        let (limits, stats) = (self.limits, &mut self.stats);
+        for conn in self.conns.values_mut() {
+            for dir in [Direction::Recv, Direction::Send] {
+                emit_ready(conn, dir, now_ns, false, limits, stats, out);
+            }
+        }
+    }
+
+    /// Emits everything still waiting (shutdown).
+    pub fn flush_all(&mut self, out: &mut Vec<KernelEvent>) {
+        let mut conns: Vec<JoinConn> = self.conns.drain().map(|(_, c)| c).collect();
+        for conn in &mut conns {
+            self.flush(conn, out);
+        }
+    }
+
+    pub fn tracked_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn open(&mut self, c: ConnRecord, out: &mut Vec<KernelEvent>) {
+        if self.conns.len() >= self.limits.max_conns && !self.conns.contains_key(&c.conn_id) {
+            // The oldest entries cannot be told cheaply; any one frees the room.
+            if let Some(&id) = self.conns.keys().next() {
+                let mut conn = self.conns.remove(&id).expect("listed");
+                self.flush(&mut conn, out);
+                self.stats.conns_evicted += 1;
+            }
+        }
+        let conn = JoinConn {
+            conn_id: c.conn_id,
+            recv: JoinDir::new(c.recv_seq0),
+            send: JoinDir::new(c.send_seq0),
+            pending_open: Some(c),
+        };
+        if let Some(mut old) = self.conns.insert(conn.conn_id, conn) {
+            self.flush(&mut old, out);
+        }
+    }
+
+    fn flush(&mut self, conn: &mut JoinConn, out: &mut Vec<KernelEvent>) {
+        if let Some(open) = conn.pending_open.take() {
+            out.push(KernelEvent::ConnOpen(open));
+        }
+        for dir in [Direction::Recv, Direction::Send] {
+            emit_ready(conn, dir, u64::MAX, true, self.limits, &mut self.stats, out);
+        }
+    }
+
+    fn packet(&mut self, p: PacketRecord, out: &mut Vec<KernelEvent>) {
+        self.stats.packets += 1;
+        let Some(conn) = self.conns.get_mut(&p.cookie) else {
+            self.stats.unknown_conn += 1;
+            return;
+        };
+        let d = dir_mut(conn, p.direction);
+        let offset = d.offset(p.seq);
+        let len = u64::from(p.len);
+        if offset + len <= d.next_call && d.calls.is_empty() {
+            self.stats.packets_dropped += 1; // already consumed: a retransmission
+            return;
+        }
+        match d.packets.get(&offset) {
+            Some(old) if old.len >= len && old.bytes.len() >= p.payload.len() => {
+                self.stats.duplicate_packets += 1;
+            }
+            _ => {
+                d.packets.insert(
+                    offset,
+                    Packet {
+                        len,
+                        bytes: p.payload,
+                        tail: p.tail,
+                    },
+                );
+            }
+        }
+        while d.packets.len() > self.limits.max_packets {
+            d.packets.pop_first();
+            self.stats.packets_dropped += 1;
+        }
+        emit_ready(
+            conn,
+            p.direction,
+            p.ts_ns,
+            false,
+            self.limits,
+            &mut self.stats,
+            out,
+        );
+    }
+
+    fn call(&mut self, c: CallRecord, out: &mut Vec<KernelEvent>) {
+        self.stats.calls += 1;
+        let Some(conn) = self.conns.get_mut(&c.cookie) else {
+            self.stats.unknown_conn += 1;
+            return;
+        };
+        if let Some(mut open) = conn.pending_open.take() {
+            open.pid = c.pid;
+            open.tid = c.tid;
+            open.comm = c.comm;
+            out.push(KernelEvent::ConnOpen(open));
+        }
+        let d = dir_mut(conn, c.direction);
+        let len = u64::from(c.len);
+        let mut start = d.offset(c.seq_end.wrapping_sub(c.len));
+        // Consuming the FIN advances copied_seq by one more than the data.
+        let expected = d.calls.back().map_or(d.next_call, |b| b.start + b.len);
+        if c.direction == Direction::Recv && start == expected + 1 {
+            start = expected;
+            self.stats.fin_adjusted += 1;
+        }
+        d.calls.push_back(Call {
+            start,
+            len,
+            ts_ns: c.ts_ns,
+            pid: c.pid,
+            tid: c.tid,
+        });
+        let force = d.calls.len() > self.limits.max_calls;
+        emit_ready(
+            conn,
+            c.direction,
+            c.ts_ns,
+            force,
+            self.limits,
+            &mut self.stats,
+            out,
+        );
+    }
+}
+
+fn dir_mut(conn: &mut JoinConn, dir: Direction) -> &mut JoinDir {
+    match dir {
+        Direction::Recv => &mut conn.recv,
+        Direction::Send => &mut conn.send,
+    }
+}
+
+/// Emits the calls at the front of a direction whose bytes are known, or that waited long
+/// enough (`now_ns`), or all of them when `force`.
+fn emit_ready(
+    conn: &mut JoinConn,
+    dir: Direction,
+    now_ns: u64,
+    force: bool,
+    limits: JoinLimits,
+    stats: &mut JoinStats,
+    out: &mut Vec<KernelEvent>,
+) {
+    let conn_id = conn.conn_id;
+    let d = dir_mut(conn, dir);
+    while let Some(call) = d.calls.front() {
+        let want = (call.len as usize).min(limits.capture_bytes);
+        let (bytes, waiting_for_packet) = gather(&d.packets, call.start, want);
+        let waited = now_ns.saturating_sub(call.ts_ns) >= limits.max_wait_ns;
+        // Received bytes were in packets before the call read them; sent bytes may leave
+        // after the call returns, so a send call waits for its packet a little.
+        if waiting_for_packet && dir == Direction::Send && !waited && !force {
+            break;
+        }
+        let call = d.calls.pop_front().expect("front");
+        if bytes.len() < want {
+            stats.calls_missing_payload += 1;
+        }
+        let end = call.start + call.len;
+        let tail = (call.len > bytes.len() as u64)
+            .then(|| tail_of(&d.packets, end))
+            .flatten();
+        out.push(KernelEvent::Data(DataRecord {
+            ts_ns: call.ts_ns,
+            conn_id,
+            direction: dir,
+            pid: call.pid,
+            tid: call.tid,
+            stream_offset: call.start,
+            total_len: call.len as u32,
+            payload: bytes,
+            tail,
+            payload_missing: false,
+        }));
+        d.next_call = end;
+        // Packets wholly before the next call are consumed.
+        while let Some((&off, p)) = d.packets.first_key_value() {
+            if off + p.len > end {
+                break;
+            }
+            d.packets.pop_first();
+        }
+    }
+}
+
+/// The captured bytes from `start` on, up to `want`, across consecutive packets. Also says
+/// whether gathering stopped because no packet (yet) covers the next byte — as opposed to a
+/// packet that covers it but whose bytes were not copied.
+fn gather(packets: &BTreeMap<u64, Packet>, start: u64, want: usize) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut pos = start;
+    while out.len() < want {
+        let covering = packets
+            .range(..=pos)
+            .rev()
+            .take(8)
+            .find(|(off, p)| **off + p.len > pos);
+        let Some((&off, p)) = covering else {
+            return (out, true);
+        };
+        let at = (pos - off) as usize;
+        if at >= p.bytes.len() {
+            return (out, false); // covered, but beyond what was copied
+        }
+        let take = (p.bytes.len() - at).min(want - out.len());
+        out.extend_from_slice(&p.bytes[at..at + take]);
+        pos += take as u64;
+        if (p.bytes.len() as u64) < p.len && out.len() < want {
+            return (out, false); // the packet's copy ends here
+        }
+    }
+    (out, false)
+}
+
+/// The last TAIL_BYTES bytes before `end`, from the packet that ends there.
+fn tail_of(packets: &BTreeMap<u64, Packet>, end: u64) -> Option<Vec<u8>> {
+    let (&off, p) = packets.range(..end).next_back()?;
+    if off + p.len != end {
+        return None;
+    }
+    if let Some(t) = &p.tail {
+        return Some(t.clone());
+    }
+    // A short packet copied whole has its tail in its bytes.
+    (p.bytes.len() as u64 == p.len && p.len >= TAIL_BYTES as u64)
+        .then(|| p.bytes[p.bytes.len() - TAIL_BYTES..].to_vec())
+}
+
+#[cfg(test)]
+mod tests;
