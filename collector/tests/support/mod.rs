@@ -90,10 +90,12 @@ impl Collector {
 
     /// Parsed JSON stdout lines so far (non-JSON lines are a test failure).
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+        self.json_lines_handle().json_lines()
+    }
+
+    /// The stdout lines, still readable after the collector has been stopped.
+    pub fn json_lines_handle(&self) -> Lines {
+        Lines(self.lines.clone())
     }
 
     /// Polls the JSON lines until `done` holds or the timeout passes; returns the last lines.
@@ -137,6 +139,22 @@ impl Drop for Collector {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Stdout lines of a collector, kept after it exits.
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        // The reader thread may still be taking the last lines from the closed pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 }
 
@@ -283,4 +301,207 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_COLLECTOR_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner())
+}
+
+/// The fixture servers of the end-to-end tests (tests/apps/).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    Python,
+    Node,
+    Go,
+    Java,
+    Nginx,
+}
+
+fn apps_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
+}
+
+/// The Go fixture, built once per test binary into cargo's per-target temp dir.
+fn go_server_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go_server");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(apps_dir().join("go_server.go"))
+                .env("GO111MODULE", "off")
+                .status()
+                .expect("go must be installed (cargo xtask test installs golang-go)");
+            assert!(status.success(), "building the Go fixture failed");
+            out
+        })
+        .clone()
+}
+
+/// A running fixture server, and what it needs to stay up.
+pub struct Server {
+    pub app: App,
+    pub port: u16,
+    pub process: KillOnDrop,
+    /// nginx: its files; the backend it proxies to.
+    pub dir: Option<TempDir>,
+    pub backend: Option<Box<Server>>,
+}
+
+pub fn start_server(app: App) -> Server {
+    let port = free_port();
+    let quiet = |mut c: Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        KillOnDrop(
+            c.spawn()
+                .unwrap_or_else(|e| panic!("starting {app:?}: {e}")),
+        )
+    };
+    let (process, dir, backend) = match app {
+        App::Python => {
+            let mut c = Command::new("python3");
+            c.arg(apps_dir().join("python_server.py"))
+                .arg(port.to_string());
+            (quiet(c), None, None)
+        }
+        App::Node => {
+            let mut c = Command::new("node");
+            c.arg(apps_dir().join("node_server.js"))
+                .arg(port.to_string());
+            (quiet(c), None, None)
+        }
+        App::Go => {
+            let mut c = Command::new(go_server_binary());
+            c.arg(port.to_string());
+            (quiet(c), None, None)
+        }
+        App::Java => {
+            let mut c = Command::new("java");
+            // No Nagle delay between the head and body writes of a keep-alive response.
+            c.arg("-Dsun.net.httpserver.nodelay=true");
+            c.arg(apps_dir().join("JavaServer.java"))
+                .arg(port.to_string());
+            (quiet(c), None, None)
+        }
+        App::Nginx => {
+            let backend = start_server(App::Python);
+            let dir = TempDir::new("nginx");
+            for sub in ["www", "tmp"] {
+                std::fs::create_dir_all(dir.0.join(sub)).unwrap();
+            }
+            std::fs::write(dir.0.join("www/big.bin"), vec![b'x'; BIG_FILE_BYTES]).unwrap();
+            let conf = std::fs::read_to_string(apps_dir().join("nginx.conf.in"))
+                .unwrap()
+                .replace("@DIR@", dir.0.to_str().unwrap())
+                .replace("@PORT@", &port.to_string())
+                .replace("@BACKEND@", &backend.port.to_string());
+            std::fs::write(dir.0.join("nginx.conf"), conf).unwrap();
+            let mut c = Command::new("nginx");
+            c.arg("-c")
+                .arg(dir.0.join("nginx.conf"))
+                .arg("-p")
+                .arg(&dir.0);
+            (quiet(c), Some(dir), Some(Box::new(backend)))
+        }
+    };
+    wait_listening(port, Duration::from_secs(30));
+    Server {
+        app,
+        port,
+        process,
+        dir,
+        backend,
+    }
+}
+
+/// The static file nginx serves with sendfile.
+pub const BIG_FILE_BYTES: usize = 5 * 1024 * 1024;
+
+/// Sends `paths` as GET requests on ONE keep-alive connection; every `pipeline`-th group of
+/// `depth` requests is written at once before reading their responses (pipelining).
+/// Returns the status of every response, in order.
+pub fn keep_alive_client(port: u16, paths: &[String], pipeline: usize, depth: usize) -> Vec<u16> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut statuses = Vec::with_capacity(paths.len());
+    let mut i = 0;
+    let mut group = 0;
+    while i < paths.len() {
+        let n = if pipeline > 0 && group % pipeline == pipeline - 1 {
+            depth
+        } else {
+            1
+        };
+        let batch = &paths[i..(i + n).min(paths.len())];
+        let mut out = Vec::new();
+        for p in batch {
+            out.extend_from_slice(
+                format!("GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: e2e-keepalive\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+        writer.write_all(&out).unwrap();
+        for _ in batch {
+            let mut status_line = String::new();
+            reader.read_line(&mut status_line).unwrap();
+            let status = status_line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            statuses.push(status);
+        }
+        i += batch.len();
+        group += 1;
+    }
+    statuses
+}
+
+/// One exchange line of `collector run --exporter exchanges --format json`.
+#[derive(Clone, Debug)]
+pub struct SeenExchange {
+    pub role: String,
+    pub comm: String,
+    pub pid: u64,
+    pub method: String,
+    pub url: String,
+    pub status: Option<u64>,
+    pub duration_ms: f64,
+    pub response_body_bytes: u64,
+    pub flags: serde_json::Value,
+}
+
+pub fn exchanges(lines: &[serde_json::Value]) -> Vec<SeenExchange> {
+    lines
+        .iter()
+        .map(|l| SeenExchange {
+            role: l["role"].as_str().unwrap_or_default().to_owned(),
+            comm: l["comm"].as_str().unwrap_or_default().to_owned(),
+            pid: l["pid"].as_u64().unwrap_or_default(),
+            method: l["method"].as_str().unwrap_or_default().to_owned(),
+            url: l["url"].as_str().unwrap_or_default().to_owned(),
+            status: l["status"].as_u64(),
+            duration_ms: l["duration_ms"].as_f64().unwrap_or(-1.0),
+            response_body_bytes: l["response_body_bytes"].as_u64().unwrap_or_default(),
+            flags: l["flags"].clone(),
+        })
+        .collect()
 }

@@ -1,0 +1,34 @@
+"""Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200."""
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    # One send per response (head and body buffered together), and no Nagle delay: otherwise
+    # each keep-alive response waits ~40 ms for the client's delayed ACK.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        parts = self.path.split("/")
+        if len(parts) >= 3 and parts[1] == "sleep":
+            ms = int(parts[2])
+            time.sleep(ms / 1000)
+            body = f"slept {ms}\n".encode()
+        elif len(parts) >= 2 and parts[1] == "ok":
+            body = b"ok\n"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
