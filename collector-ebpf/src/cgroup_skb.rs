@@ -29,6 +29,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+#[inline(always)]
 fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
     // SAFETY: __sk_buff context pointer, as the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };

@@ -1,8 +1,7 @@
 //! Writing records into the `EVENTS` ring buffer, the same way for every capture path.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-    bpf_probe_read_user_buf,
+    bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
 };
 use collector_common::{
     ConnEvent, Counter, DATA_FLAG_HAS_TAIL, DATA_FLAG_READ_FAILED, DATA_HEADER_SIZE, DataHeader,
@@ -10,7 +9,8 @@ use collector_common::{
 };
 
 use crate::maps::{
-    CAPTURE_BYTES, EVENTS, SCRATCH, Scratch, WAKEUP_BYTES, count, setting_u32, setting_u64,
+    CAPTURE_BYTES, EVENTS, SCRATCH, Scratch, WAKEUP_BYTES, count, current_process_comm,
+    setting_u32, setting_u64,
 };
 
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -109,7 +109,7 @@ pub fn emit_conn(info: &ConnInfo) {
         local_addr: info.local_addr,
         remote_addr: info.remote_addr,
         comm: if info.with_task {
-            bpf_get_current_comm().unwrap_or([0; 16])
+            current_process_comm()
         } else {
             [0; 16]
         },

@@ -1,5 +1,7 @@
 //! Kernel programs of the collector. One module per hook family; each program is a thin entry
-//! that calls a `try_` function and counts its failures in `COUNTERS`.
+//! that calls a `try_` function and counts its failures in `COUNTERS`. The `try_` functions
+//! are `#[inline(always)]`: outlined, their `Result` would come back through a stack pointer,
+//! which the verifier refuses.
 #![no_std]
 #![no_main]
 

@@ -97,6 +97,59 @@ pub static TCP_WRITE_SEQ_OFF: u32 = 0;
 #[map]
 pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
+/// Process names (`comm`, NUL-padded) whose connections are never traced, e.g. a load
+/// generator. Filled by the collector after load.
+#[map]
+pub static EXCLUDED_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+
+/// Offsets of `task_struct.group_leader` and `task_struct.comm` in the running kernel (from
+/// its BTF; 0 when it has none).
+#[unsafe(no_mangle)]
+pub static TASK_GROUP_LEADER_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_COMM_OFF: u32 = 0;
+
+/// The current process's name: its main thread's `comm` (a worker thread's own name, such
+/// as `tokio-runtime-w` or `pool-1-thread-3`, says little). Without BTF offsets, the
+/// current thread's name.
+#[inline(always)]
+pub fn current_process_comm() -> [u8; 16] {
+    let (leader_off, comm_off) = (
+        setting_u32(&TASK_GROUP_LEADER_OFF),
+        setting_u32(&TASK_COMM_OFF),
+    );
+    if leader_off != 0 && comm_off != 0 {
+        let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+        // SAFETY: kernel memory reads through the checked helper, at offsets from BTF.
+        let leader = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                task.add(leader_off as usize) as *const *const u8
+            )
+        };
+        if let Ok(leader) = leader
+            && let Ok(comm) = unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel(
+                    leader.add(comm_off as usize) as *const [u8; 16]
+                )
+            }
+        {
+            return comm;
+        }
+    }
+    aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
+}
+
+/// Is the current task excluded from tracing (the collector itself, or by process name)?
+#[inline(always)]
+pub fn current_task_excluded() -> bool {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == setting_u32(&SELF_TGID) {
+        return true;
+    }
+    // SAFETY: map lookup; only presence is used.
+    unsafe { EXCLUDED_COMMS.get(current_process_comm()) }.is_some()
+}
+
 /// Load-time settings, written by the collector through `EbpfLoader::set_global`.
 #[unsafe(no_mangle)]
 pub static CAPTURE_BYTES: u32 = collector_common::DEFAULT_CAPTURE_BYTES;

@@ -16,8 +16,8 @@ use collector_common::{Counter, DIR_RECV, DIR_SEND, EVENT_SOCK_CALL, PROTO_OTHER
 use crate::{
     emit::wakeup_flag,
     maps::{
-        EVENTS, PROTO_IGNORED, SELF_TGID, SOCKS, TCP_COPIED_SEQ_OFF, TCP_WRITE_SEQ_OFF, count,
-        setting_u32,
+        EVENTS, PROTO_IGNORED, SOCKS, TCP_COPIED_SEQ_OFF, TCP_WRITE_SEQ_OFF, count,
+        current_task_excluded, setting_u32,
     },
 };
 
@@ -37,6 +37,7 @@ pub fn sock_send_call(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[inline(always)]
 fn try_call(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64> {
     let sk: *mut c_void = ctx.arg(0);
     let ret: i32 = ctx.arg(1);
@@ -47,17 +48,20 @@ fn try_call(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64> {
     }
     // SAFETY: a `struct sock *` from a BTF tracepoint, as the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    // SAFETY: map lookup; the value is copied.
-    let Some(state) = (unsafe { SOCKS.get(cookie) }).copied() else {
+    let Some(state) = SOCKS.get_ptr_mut(cookie) else {
         return Ok(());
     };
+    // SAFETY: map value pointer valid for this program run.
+    let state = unsafe { &mut *state };
     if state.proto == PROTO_OTHER || state.proto == PROTO_IGNORED {
         return Ok(());
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == setting_u32(&SELF_TGID) {
+    // The accepting side's sock_ops ran in softirq; here, in the task, exclusions apply.
+    if current_task_excluded() {
+        state.proto = PROTO_IGNORED;
         return Ok(());
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
     let off = if direction == DIR_RECV {
         setting_u32(&TCP_COPIED_SEQ_OFF)
     } else {
@@ -84,7 +88,7 @@ fn try_call(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64> {
         tid: pid_tgid as u32,
         seq_end,
         len: ret as u32,
-        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: crate::maps::current_process_comm(),
     });
     entry.submit(wakeup_flag());
     count(Counter::CallEvents);

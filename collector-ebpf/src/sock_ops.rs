@@ -2,11 +2,7 @@
 //! established (active = we connected = client, passive = we accepted = server) and closed,
 //! with its 4-tuple, socket cookie and initial sequence numbers.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_socket_cookie},
-    macros::sock_ops,
-    programs::SockOpsContext,
-};
+use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::sock_ops, programs::SockOpsContext};
 use collector_common::{
     AF_INET, AF_INET6, Counter, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, PROTO_UNKNOWN, ROLE_CLIENT,
     ROLE_SERVER,
@@ -14,7 +10,7 @@ use collector_common::{
 
 use crate::{
     emit::{ConnInfo, emit_conn},
-    maps::{PROTO_IGNORED, SELF_TGID, SOCKS, SockState, count, setting_u32},
+    maps::{PROTO_IGNORED, SOCKS, SockState, count, current_task_excluded},
 };
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
@@ -32,11 +28,12 @@ pub fn sock_ops_conn(ctx: SockOpsContext) -> u32 {
     1
 }
 
+#[inline(always)]
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
     match ctx.op() {
-        // Runs in the connecting task: the one place we can tell our own connections apart.
+        // Runs in the connecting task: where our own (and excluded) connections are told apart.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            if (bpf_get_current_pid_tgid() >> 32) as u32 == setting_u32(&SELF_TGID) {
+            if current_task_excluded() {
                 let state = SockState {
                     role: ROLE_CLIENT,
                     proto: PROTO_IGNORED,

@@ -22,7 +22,7 @@ use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes},
     maps::{
         CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
-        PENDING_MSG, PendingCall, SELF_TGID, SockKey, count, setting_u32,
+        PENDING_MSG, PendingCall, SockKey, count, current_task_excluded,
     },
 };
 
@@ -190,9 +190,10 @@ pub fn syscall_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let (id, tgid) = current();
-    if tgid == setting_u32(&SELF_TGID) {
+    let (id, _) = current();
+    if current_task_excluded() {
         return Ok(());
     }
     let listen_fd = arg(ctx, ARG0)? as u32;
@@ -200,6 +201,7 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+#[inline(always)]
 fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
@@ -240,9 +242,10 @@ pub fn syscall_exit_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let (id, tgid) = current();
-    if tgid == setting_u32(&SELF_TGID) {
+    let (id, _) = current();
+    if current_task_excluded() {
         return Ok(());
     }
     let fd = arg(ctx, ARG0)? as u32;
@@ -255,6 +258,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+#[inline(always)]
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
@@ -422,6 +426,7 @@ pub fn syscall_enter_close(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     let (_, tgid) = current();
     let key = SockKey {

@@ -22,6 +22,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capture_path: args.capture_path,
         capture_bytes: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_bytes,
+        exclude_processes: args.exclude_processes.clone(),
     })?;
     tracing::info!(
         hooks = source.attached().len(),
@@ -78,17 +79,64 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
     tracing::info!(
-        decode_errors = assembler.decode_errors,
-        "stopped; kernel counters: {}; join: {:?}; http: {:?}",
-        counters
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        assembler.join_stats(),
-        pipeline.http_stats()
+        "stopped; summary: {}",
+        summary(&counters, &assembler, &pipeline)
     );
     Ok(())
+}
+
+/// Every counter of the run as `name=value` pairs, on one line.
+fn summary<W: std::io::Write>(
+    kernel: &[(&'static str, u64)],
+    assembler: &Assembler,
+    pipeline: &Pipeline<W>,
+) -> String {
+    let mut pairs: Vec<(String, u64)> = kernel
+        .iter()
+        .map(|(k, v)| (format!("kernel_{k}"), *v))
+        .collect();
+    pairs.push(("decode_errors".into(), assembler.decode_errors));
+    if let Some(j) = assembler.join_stats() {
+        pairs.extend(
+            [
+                ("join_calls", j.calls),
+                ("join_packets", j.packets),
+                ("join_calls_missing_payload", j.calls_missing_payload),
+                ("join_unknown_conn", j.unknown_conn),
+                ("join_packets_dropped", j.packets_dropped),
+                ("join_duplicate_packets", j.duplicate_packets),
+                ("join_fin_adjusted", j.fin_adjusted),
+                ("join_conns_evicted", j.conns_evicted),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+    }
+    if let Some(h) = pipeline.http_stats() {
+        pairs.extend(
+            [
+                ("http_exchanges", h.exchanges),
+                ("http_conns_opened", h.conns_opened),
+                ("http_conns_closed", h.conns_closed),
+                ("http_conns_expired", h.conns_expired),
+                ("http_conns_evicted", h.conns_evicted),
+                ("http_data_without_conn", h.data_without_conn),
+                ("http_not_http_conns", h.not_http_conns),
+                ("stream_duplicate_chunks", h.stream.duplicate_chunks),
+                ("stream_overlap_bytes", h.stream.overlap_bytes),
+                ("stream_gaps", h.stream.gaps),
+                ("stream_gap_bytes", h.stream.gap_bytes),
+                ("http_lost_messages", h.pairing.lost_messages),
+                ("http_unmatched_responses", h.pairing.unmatched_responses),
+                ("http_in_flight_overflow", h.pairing.in_flight_overflow),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One pass of the loop: ring buffer → events → stages → exporter.

@@ -64,6 +64,15 @@ pub struct RunArgs {
     #[arg(long, env = "COLLECTOR_RINGBUF_BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
 
+    /// Never trace connections of processes with this name (as in /proc/PID/comm; names are
+    /// cut to 15 bytes like the kernel's). Repeatable, or comma-separated.
+    #[arg(
+        long = "exclude-process",
+        env = "COLLECTOR_EXCLUDE_PROCESSES",
+        value_delimiter = ','
+    )]
+    pub exclude_processes: Vec<String>,
+
     /// How often the ring buffer is drained, in milliseconds.
     #[arg(long, env = "COLLECTOR_DRAIN_INTERVAL_MS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=1000))]

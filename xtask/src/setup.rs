@@ -28,9 +28,52 @@ pub fn build_chain() -> anyhow::Result<()> {
     bpf_linker(llvm)
 }
 
-/// Programs the end-to-end tests run as real peers.
+/// Programs the end-to-end tests run as real peers: (command, Debian package providing it).
+/// Checked by command, since some (node) may come from elsewhere on a machine.
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("bpftool", "bpftool"),
+    ("python3", "python3"),
+    ("node", "nodejs"),
+    ("go", "golang-go"),
+    ("javac", "openjdk-17-jdk-headless"),
+    ("nginx", "nginx"),
+];
+
+/// The load generator of the capacity tests (holds a fixed rate, reports percentiles).
+const OHA_VERSION: &str = "1.16";
+
 pub fn test_tools() -> anyhow::Result<()> {
-    debian_packages("end-to-end test programs", &["curl", "bpftool", "python3"])
+    let missing: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(cmd, _)| output("sh", &["-c", &format!("command -v {cmd}")]).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        let names: Vec<&str> = TEST_PROGRAMS.iter().map(|(c, _)| *c).collect();
+        eprintln!("xtask: ok: end-to-end test programs ({})", names.join(" "));
+    } else {
+        debian_packages("end-to-end test programs", &missing)?;
+    }
+    if output("oha", &["--version"]).is_some_and(|v| v.contains(&format!(" {OHA_VERSION}."))) {
+        eprintln!("xtask: ok: oha {OHA_VERSION} (load generator)");
+        return Ok(());
+    }
+    shell::step(
+        &format!("building the load generator oha {OHA_VERSION} (once)"),
+        || {
+            shell::run(Command::new("cargo").args([
+                "install",
+                "oha",
+                "--locked",
+                "--version",
+                &format!("^{OHA_VERSION}"),
+            ]))
+            .with_context(|| {
+                format!("run by hand: cargo install oha --locked --version ^{OHA_VERSION}")
+            })
+        },
+    )
 }
 
 fn nightly_with_rust_src() -> anyhow::Result<()> {

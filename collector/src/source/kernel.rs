@@ -67,6 +67,15 @@ impl SocketLayer {
     }
 }
 
+/// Offsets of `task_struct.group_leader` and `task_struct.comm`, from the kernel's BTF.
+fn task_offsets() -> anyhow::Result<(u32, u32)> {
+    let btf = super::btf::Btf::from_sys_fs()?;
+    Ok((
+        btf.member_offset("task_struct", "group_leader")?,
+        btf.member_offset("task_struct", "comm")?,
+    ))
+}
+
 /// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo.
 fn cgroup2_mount() -> Option<std::path::PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -90,6 +99,28 @@ const fn syscall_hook(program: &'static str, name: &'static str) -> Hook {
         category: "syscalls",
         name,
     }
+}
+
+/// Fills the kernel's table of excluded process names (NUL-padded 16-byte `comm`s).
+fn exclude_processes(ebpf: &mut Ebpf, names: &[String]) -> anyhow::Result<()> {
+    let mut map: aya::maps::HashMap<_, [u8; 16], u8> = aya::maps::HashMap::try_from(
+        ebpf.map_mut("EXCLUDED_COMMS")
+            .context("EXCLUDED_COMMS map missing")?,
+    )?;
+    for name in names {
+        map.insert(comm_key(name), 1, 0)
+            .with_context(|| format!("excluding process {name:?}"))?;
+    }
+    Ok(())
+}
+
+/// A process name as the kernel stores it: at most 15 bytes and a NUL.
+pub fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    key[..n].copy_from_slice(&bytes[..n]);
+    key
 }
 
 /// Socket-layer path: sock_ops first (connections), then packets, then calls, so no data
@@ -188,6 +219,8 @@ pub struct SourceOptions {
     pub capture_bytes: u32,
     /// Ring buffer size; a power of two, at least one page.
     pub ringbuf_bytes: u32,
+    /// Process names whose connections are never traced.
+    pub exclude_processes: Vec<String>,
 }
 
 pub struct KernelSource {
@@ -224,6 +257,15 @@ impl KernelSource {
         let (copied_seq_off, write_seq_off) = socket_layer
             .as_ref()
             .map_or((0, 0), |s| (s.copied_seq_off, s.write_seq_off));
+        // Process names come from the main thread (task->group_leader->comm); without BTF the
+        // kernel side falls back to the current thread's name.
+        let (leader_off, comm_off) = match task_offsets() {
+            Ok(offsets) => offsets,
+            Err(e) => {
+                tracing::warn!("process names will be thread names: {e:#}");
+                (0, 0)
+            }
+        };
         let self_tgid = std::process::id();
         // Ring buffer wakeups only when a quarter full: the reader drains on its timer.
         let wakeup_bytes = u64::from(opts.ringbuf_bytes / 4);
@@ -233,6 +275,8 @@ impl KernelSource {
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("TCP_COPIED_SEQ_OFF", &copied_seq_off, true)
             .override_global("TCP_WRITE_SEQ_OFF", &write_seq_off, true)
+            .override_global("TASK_GROUP_LEADER_OFF", &leader_off, true)
+            .override_global("TASK_COMM_OFF", &comm_off, true)
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
             .load(EBPF_OBJECT)
             .context(
@@ -240,6 +284,7 @@ impl KernelSource {
                  the collector needs CAP_BPF and CAP_PERFMON (or root)",
             )?;
 
+        exclude_processes(&mut ebpf, &opts.exclude_processes)?;
         let mut attached = Vec::new();
         let path = match socket_layer {
             Some(s) => {

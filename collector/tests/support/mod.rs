@@ -93,6 +93,11 @@ impl Collector {
         self.json_lines_handle().json_lines()
     }
 
+    /// The stderr lines, still readable after the collector has been stopped.
+    pub fn stderr_handle(&self) -> Lines {
+        Lines(self.stderr.clone())
+    }
+
     /// The stdout lines, still readable after the collector has been stopped.
     pub fn json_lines_handle(&self) -> Lines {
         Lines(self.lines.clone())
@@ -146,6 +151,17 @@ impl Drop for Collector {
 pub struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
+    /// Every line as text (cheap, for large outputs).
+    pub fn raw_lines(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.0.lock().unwrap().clone()
+    }
+
+    /// All lines joined, for stderr.
+    pub fn text(&self) -> String {
+        self.raw_lines().join("\n")
+    }
+
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
         // The reader thread may still be taking the last lines from the closed pipe.
         std::thread::sleep(Duration::from_millis(100));
@@ -301,6 +317,26 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_COLLECTOR_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner())
+}
+
+/// The `name=value` counters of the collector's final `summary:` log line.
+pub fn summary_counters(stderr: &str) -> std::collections::BTreeMap<String, u64> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("summary:"))
+        .unwrap_or_else(|| panic!("the collector printed no summary line; stderr:\n{stderr}"));
+    line.split("summary:")
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            // Log formatting may wrap the value in escape codes.
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            Some((k.to_owned(), digits.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The fixture servers of the end-to-end tests (tests/apps/).
