@@ -196,7 +196,18 @@ impl KillOnDrop {
 }
 
 impl Drop for KillOnDrop {
+    /// SIGTERM first, so a server stops its own children (nginx's master stops its workers;
+    /// a SIGKILL would orphan them), then SIGKILL if it lingers.
     fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
