@@ -5,7 +5,7 @@ use std::io::Write;
 
 use crate::{
     export::{OutputFormat, events::EventPrinter, exchanges::ExchangePrinter},
-    http::{ConnExchange, HttpTracker, TrackerLimits, TrackerStats},
+    http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
     source::{clock::Clock, event::KernelEvent},
 };
 
@@ -17,7 +17,7 @@ pub enum Pipeline<W: Write> {
     Exchanges {
         tracker: HttpTracker,
         printer: ExchangePrinter<W>,
-        batch: Vec<ConnExchange>,
+        batch: Vec<HttpOut>,
     },
 }
 
@@ -95,9 +95,9 @@ impl<W: Write> Pipeline<W> {
 
 fn export<W: Write>(
     printer: &mut ExchangePrinter<W>,
-    batch: &mut Vec<ConnExchange>,
+    batch: &mut Vec<HttpOut>,
 ) -> std::io::Result<()> {
-    for e in batch.drain(..) {
+    for e in batch.drain(..).filter_map(HttpOut::into_exchange) {
         printer.export(&e)?;
     }
     Ok(())

@@ -170,6 +170,7 @@ mod tests {
         ConnExchange {
             exchange: Exchange {
                 conn_id: 1,
+                index: 0,
                 role: Role::Server,
                 pid: 42,
                 tid: 43,

@@ -21,6 +21,9 @@ const MAX_IN_FLIGHT: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
     pub conn_id: u64,
+    /// The request's position on its connection (0 for the first): with the connection's
+    /// addresses it names the same request on both ends of a TCP connection.
+    pub index: u64,
     pub role: Role,
     pub pid: u32,
     /// The thread that read (server) or wrote (client) the request's first byte.
@@ -65,18 +68,43 @@ pub struct PairingStats {
     pub in_flight_overflow: u64,
 }
 
+/// A request whose head was just read (server) or written (client): what is in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestStart {
+    pub conn_id: u64,
+    pub index: u64,
+    pub role: Role,
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub request: RequestHead,
+}
+
+/// What the HTTP stage reports for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpEvent {
+    Started(RequestStart),
+    Done(Exchange),
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    head: RequestHead,
+    start: Point,
+    body_bytes: u64,
+    /// Only the request line is known (the head was longer than the captured bytes).
+    truncated: bool,
+    index: u64,
+}
+
 #[derive(Debug)]
 #[expect(
     clippy::large_enum_variant,
     reason = "Lost is rare; the queue is nearly all requests"
 )]
 enum Queued {
-    Request {
-        head: RequestHead,
-        start: Point,
-        body_bytes: u64,
-        truncated: bool,
-    },
+    Request(Pending),
     /// An unknown number of requests were lost here.
     Lost,
 }
@@ -97,6 +125,8 @@ pub struct Pairing {
     not_http: bool,
     /// The response being received was paired across lost requests.
     after_loss: bool,
+    /// Requests seen on the connection so far (the next one's index).
+    requests_seen: u64,
     pub stats: PairingStats,
 }
 
@@ -117,6 +147,7 @@ impl Pairing {
             response: None,
             not_http: false,
             after_loss: false,
+            requests_seen: 0,
             stats: PairingStats::default(),
         }
     }
@@ -126,7 +157,7 @@ impl Pairing {
     }
 
     /// Frames stream items of one direction; completed exchanges are appended to `out`.
-    pub fn feed(&mut self, dir: Direction, item: &StreamItem, out: &mut Vec<Exchange>) {
+    pub fn feed(&mut self, dir: Direction, item: &StreamItem, out: &mut Vec<HttpEvent>) {
         if self.not_http || self.requests.is_tunnel() && self.responses.is_tunnel() {
             return;
         }
@@ -167,7 +198,7 @@ impl Pairing {
     }
 
     /// The connection closed (or is being forgotten): finish what can be finished.
-    pub fn close(&mut self, last_ts: u64, out: &mut Vec<Exchange>) {
+    pub fn close(&mut self, last_ts: u64, out: &mut Vec<HttpEvent>) {
         let mut events = Vec::new();
         self.responses.close(&mut events);
         for e in events.drain(..) {
@@ -178,26 +209,13 @@ impl Pairing {
             self.on_message(Side::Request, e, out);
         }
         while let Some(q) = self.queue.pop_front() {
-            if let Queued::Request {
-                head,
-                start,
-                body_bytes,
-                truncated,
-            } = q
-            {
-                out.push(self.exchange(
-                    head,
-                    start,
-                    body_bytes,
-                    None,
-                    last_ts,
-                    0,
-                    ExchangeFlags {
-                        no_response: true,
-                        request_truncated: truncated,
-                        ..ExchangeFlags::default()
-                    },
-                ));
+            if let Queued::Request(req) = q {
+                let flags = ExchangeFlags {
+                    no_response: true,
+                    request_truncated: req.truncated,
+                    ..ExchangeFlags::default()
+                };
+                out.push(HttpEvent::Done(self.exchange(req, None, last_ts, 0, flags)));
             }
         }
     }
@@ -241,7 +259,7 @@ impl Pairing {
         false
     }
 
-    fn on_message(&mut self, side: Side, event: MessageEvent, out: &mut Vec<Exchange>) {
+    fn on_message(&mut self, side: Side, event: MessageEvent, out: &mut Vec<HttpEvent>) {
         match (side, event) {
             (
                 Side::Request,
@@ -254,16 +272,27 @@ impl Pairing {
                     self.stats.in_flight_overflow += 1;
                     self.queue.pop_front();
                 }
-                self.queue.push_back(Queued::Request {
+                let index = self.next_index();
+                out.push(HttpEvent::Started(RequestStart {
+                    conn_id: self.conn_id,
+                    index,
+                    role: self.role,
+                    pid: start.pid,
+                    tid: start.tid,
+                    start_ns: start.ts_ns,
+                    request: head.clone(),
+                }));
+                self.queue.push_back(Queued::Request(Pending {
                     head,
                     start,
                     body_bytes: 0,
                     truncated: false,
-                });
+                    index,
+                }));
             }
             (Side::Request, MessageEvent::End { body_bytes, .. }) => {
-                if let Some(Queued::Request { body_bytes: b, .. }) = self.queue.back_mut() {
-                    *b = body_bytes;
+                if let Some(Queued::Request(req)) = self.queue.back_mut() {
+                    req.body_bytes = body_bytes;
                 }
             }
             (
@@ -273,8 +302,10 @@ impl Pairing {
                 },
             ) => {
                 self.stats.lost_messages += 1;
-                self.queue.push_back(match request_line {
-                    Some((method, target)) => Queued::Request {
+                // Lost requests still take their place in the connection's order, so indexes
+                // stay equal on both ends; an unknown number of them cannot.
+                let queued = match request_line {
+                    Some((method, target)) => Queued::Request(Pending {
                         head: RequestHead {
                             method,
                             target,
@@ -283,9 +314,11 @@ impl Pairing {
                         start: at,
                         body_bytes: 0,
                         truncated: true,
-                    },
+                        index: self.next_index(),
+                    }),
                     None => Queued::Lost,
-                });
+                };
+                self.queue.push_back(queued);
             }
             (
                 Side::Response,
@@ -311,13 +344,7 @@ impl Pairing {
                 let Some(Some(head)) = self.response.take() else {
                     return;
                 }; // interim or lost
-                let Some(Queued::Request {
-                    head: req,
-                    start,
-                    body_bytes: req_body,
-                    truncated,
-                }) = self.queue.pop_front()
-                else {
+                let Some(Queued::Request(req)) = self.queue.pop_front() else {
                     self.stats.unmatched_responses += 1;
                     return;
                 };
@@ -325,26 +352,24 @@ impl Pairing {
                     end_approximate: kind == EndKind::Approximate,
                     end_from_tail: kind == EndKind::FromTail,
                     incomplete: kind == EndKind::Incomplete,
-                    request_truncated: truncated,
+                    request_truncated: req.truncated,
                     upgraded: head.status == 101 || self.responses.is_tunnel(),
                     no_response: false,
                     paired_after_loss: std::mem::take(&mut self.after_loss),
                 };
-                out.push(self.exchange(
+                out.push(HttpEvent::Done(self.exchange(
                     req,
-                    start,
-                    req_body,
                     Some(head),
                     end.ts_ns,
                     body_bytes,
                     flags,
-                ));
+                )));
             }
             (Side::Response, MessageEvent::Lost { .. }) => {
                 self.stats.lost_messages += 1;
                 self.response = None;
                 // The response to the oldest request was lost: do not pair the next one with it.
-                if matches!(self.queue.front(), Some(Queued::Request { .. })) {
+                if matches!(self.queue.front(), Some(Queued::Request(_))) {
                     self.queue.pop_front();
                     self.stats.unmatched_responses += 1;
                 }
@@ -364,7 +389,7 @@ impl Pairing {
             return;
         }
         let next_known = self.queue.iter().find_map(|q| match q {
-            Queued::Request { start, .. } => Some(start.ts_ns),
+            Queued::Request(req) => Some(req.start.ts_ns),
             Queued::Lost => None,
         });
         match next_known {
@@ -381,15 +406,14 @@ impl Pairing {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one constructor for the two ways an exchange ends"
-    )]
+    fn next_index(&mut self) -> u64 {
+        self.requests_seen += 1;
+        self.requests_seen - 1
+    }
+
     fn exchange(
         &self,
-        request: RequestHead,
-        start: Point,
-        request_body_bytes: u64,
+        req: Pending,
         response: Option<ResponseHead>,
         end_ns: u64,
         response_body_bytes: u64,
@@ -397,14 +421,15 @@ impl Pairing {
     ) -> Exchange {
         Exchange {
             conn_id: self.conn_id,
+            index: req.index,
             role: self.role,
-            pid: start.pid,
-            tid: start.tid,
-            request,
+            pid: req.start.pid,
+            tid: req.start.tid,
+            request: req.head,
             response,
-            start_ns: start.ts_ns,
-            end_ns: end_ns.max(start.ts_ns),
-            request_body_bytes,
+            start_ns: req.start.ts_ns,
+            end_ns: end_ns.max(req.start.ts_ns),
+            request_body_bytes: req.body_bytes,
             response_body_bytes,
             flags,
         }
@@ -428,7 +453,7 @@ fn response_framing(queue: &VecDeque<Queued>, head: &Head) -> Framing {
         return Framing::NoBody;
     };
     let method = queue.iter().find_map(|q| match q {
-        Queued::Request { head, .. } => Some(head.method.as_str()),
+        Queued::Request(req) => Some(req.head.method.as_str()),
         Queued::Lost => None,
     });
     match (r.status, method) {

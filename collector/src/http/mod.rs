@@ -8,7 +8,7 @@ pub mod message;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-pub use exchange::{Exchange, ExchangeFlags};
+pub use exchange::{Exchange, ExchangeFlags, HttpEvent, RequestStart};
 
 use crate::{
     source::event::{ConnRecord, DataRecord, Direction, KernelEvent, Role},
@@ -30,6 +30,35 @@ pub struct ConnMeta {
 pub struct ConnExchange {
     pub exchange: Exchange,
     pub conn: ConnMeta,
+}
+
+/// What the HTTP stage emits: requests as they start, exchanges as they end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpOut {
+    Started { start: RequestStart, conn: ConnMeta },
+    Done(ConnExchange),
+}
+
+impl HttpOut {
+    fn with_conn(event: HttpEvent, conn: &ConnMeta) -> Self {
+        match event {
+            HttpEvent::Started(start) => HttpOut::Started {
+                start,
+                conn: conn.clone(),
+            },
+            HttpEvent::Done(exchange) => HttpOut::Done(ConnExchange {
+                exchange,
+                conn: conn.clone(),
+            }),
+        }
+    }
+
+    pub fn into_exchange(self) -> Option<ConnExchange> {
+        match self {
+            HttpOut::Done(e) => Some(e),
+            HttpOut::Started { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +121,7 @@ impl HttpTracker {
         }
     }
 
-    pub fn on_event(&mut self, event: KernelEvent, out: &mut Vec<ConnExchange>) {
+    pub fn on_event(&mut self, event: KernelEvent, out: &mut Vec<HttpOut>) {
         match event {
             KernelEvent::ConnOpen(c) => self.open(c, out),
             KernelEvent::Data(d) => self.data(d, out),
@@ -107,7 +136,7 @@ impl HttpTracker {
     }
 
     /// Declares stale holes as gaps and closes connections idle past the limit.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<ConnExchange>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<HttpOut>) {
         let reorder = self.limits.reorder_wait_ns;
         let mut items = std::mem::take(&mut self.items);
         for conn in self.conns.values_mut() {
@@ -148,7 +177,7 @@ impl HttpTracker {
     }
 
     /// Flushes every connection (at shutdown).
-    pub fn close_all(&mut self, out: &mut Vec<ConnExchange>) {
+    pub fn close_all(&mut self, out: &mut Vec<HttpOut>) {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let conn = self.conns.remove(&id).expect("listed");
@@ -171,7 +200,7 @@ impl HttpTracker {
         self.conns.len()
     }
 
-    fn open(&mut self, c: ConnRecord, out: &mut Vec<ConnExchange>) {
+    fn open(&mut self, c: ConnRecord, out: &mut Vec<HttpOut>) {
         self.stats.conns_opened += 1;
         if self.conns.len() >= self.limits.max_conns && !self.conns.contains_key(&c.conn_id) {
             self.evict_oldest(out);
@@ -195,7 +224,7 @@ impl HttpTracker {
         }
     }
 
-    fn data(&mut self, d: DataRecord, out: &mut Vec<ConnExchange>) {
+    fn data(&mut self, d: DataRecord, out: &mut Vec<HttpOut>) {
         let Some(conn) = self.conns.get_mut(&d.conn_id) else {
             self.stats.data_without_conn += 1;
             return;
@@ -256,7 +285,7 @@ impl HttpTracker {
         }
     }
 
-    fn evict_oldest(&mut self, out: &mut Vec<ConnExchange>) {
+    fn evict_oldest(&mut self, out: &mut Vec<HttpOut>) {
         let Some(id) = self
             .conns
             .iter()
@@ -271,7 +300,7 @@ impl HttpTracker {
         self.finish(conn, ts, out);
     }
 
-    fn finish(&mut self, mut conn: Conn, ts: u64, out: &mut Vec<ConnExchange>) {
+    fn finish(&mut self, mut conn: Conn, ts: u64, out: &mut Vec<HttpOut>) {
         let mut items = Vec::new();
         for (dir, stream) in [
             (Direction::Recv, &mut conn.recv),
@@ -288,13 +317,9 @@ impl HttpTracker {
             );
             items.clear();
         }
-        let mut exchanges = Vec::new();
-        conn.pairing.close(ts, &mut exchanges);
-        self.stats.exchanges += exchanges.len() as u64;
-        out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
-            exchange,
-            conn: conn.meta.clone(),
-        }));
+        let mut events = Vec::new();
+        conn.pairing.close(ts, &mut events);
+        push_events(events, &conn.meta, &mut self.stats, out);
         add_stream(&mut self.stats.stream, &conn.recv.stats);
         add_stream(&mut self.stats.stream, &conn.send.stats);
         add_pairing(&mut self.stats.pairing, &conn.pairing.stats);
@@ -307,17 +332,27 @@ fn feed(
     dir: Direction,
     items: &[StreamItem],
     stats: &mut TrackerStats,
-    out: &mut Vec<ConnExchange>,
+    out: &mut Vec<HttpOut>,
 ) {
-    let mut exchanges = Vec::new();
+    let mut events = Vec::new();
     for item in items {
-        pairing.feed(dir, item, &mut exchanges);
+        pairing.feed(dir, item, &mut events);
     }
-    stats.exchanges += exchanges.len() as u64;
-    out.extend(exchanges.into_iter().map(|exchange| ConnExchange {
-        exchange,
-        conn: meta.clone(),
-    }));
+    push_events(events, meta, stats, out);
+}
+
+fn push_events(
+    events: Vec<HttpEvent>,
+    meta: &ConnMeta,
+    stats: &mut TrackerStats,
+    out: &mut Vec<HttpOut>,
+) {
+    for e in events {
+        if matches!(e, HttpEvent::Done(_)) {
+            stats.exchanges += 1;
+        }
+        out.push(HttpOut::with_conn(e, meta));
+    }
 }
 
 fn add_stream(total: &mut StreamStats, s: &StreamStats) {

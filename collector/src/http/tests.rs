@@ -79,7 +79,13 @@ fn run_events(evs: Vec<KernelEvent>) -> (Vec<Exchange>, TrackerStats) {
     for e in evs {
         t.on_event(e, &mut out);
     }
-    (out.into_iter().map(|c| c.exchange).collect(), t.stats())
+    (
+        out.into_iter()
+            .filter_map(|o| o.into_exchange())
+            .map(|c| c.exchange)
+            .collect(),
+        t.stats(),
+    )
 }
 
 fn run(role: Role, calls: &[Call]) -> Vec<Exchange> {
@@ -533,4 +539,31 @@ fn garbage_never_panics_and_never_becomes_an_exchange_with_a_wrong_status() {
             }
         }
     }
+}
+
+#[test]
+fn requests_are_announced_when_they_start_with_their_order_on_the_connection() {
+    let calls = [
+        recv(10, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"),
+        send(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ];
+    let mut t = HttpTracker::new(TrackerLimits::default());
+    let mut out = Vec::new();
+    for e in events(Role::Server, &calls, usize::MAX) {
+        t.on_event(e, &mut out);
+    }
+    let seen: Vec<String> = out
+        .iter()
+        .map(|o| match o {
+            HttpOut::Started { start, .. } => format!(
+                "start {} {} @{}",
+                start.index, start.request.target, start.start_ns
+            ),
+            HttpOut::Done(c) => format!("done {} {}", c.exchange.index, c.exchange.request.target),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        ["start 0 /1 @10", "start 1 /2 @10", "done 0 /1", "done 1 /2"]
+    );
 }

@@ -247,6 +247,10 @@ fn the_socket_path_gives_the_http_stage_the_same_exchanges_as_the_syscall_path()
     for e in out {
         tracker.on_event(e, &mut exchanges);
     }
+    let exchanges: Vec<_> = exchanges
+        .into_iter()
+        .filter_map(|o| o.into_exchange())
+        .collect();
     assert_eq!(exchanges.len(), 1);
     let x = &exchanges[0].exchange;
     assert_eq!(
