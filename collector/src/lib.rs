@@ -10,3 +10,4 @@ pub mod http;
 pub mod pipeline;
 pub mod source;
 pub mod stream;
+pub mod trace;

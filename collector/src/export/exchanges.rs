@@ -104,28 +104,8 @@ impl<W: Write> ExchangePrinter<W> {
     }
 }
 
-/// `http://` + Host (else the server's address) + path. Query strings are dropped: they often
-/// carry tokens and personal data.
 pub fn url(e: &ConnExchange) -> String {
-    let x = &e.exchange;
-    let server_addr = match x.role {
-        Role::Client => e.conn.remote,
-        _ => e.conn.local,
-    };
-    let host = x
-        .request
-        .host
-        .clone()
-        .or_else(|| server_addr.map(|a| a.to_string()))
-        .unwrap_or_default();
-    let target = &x.request.target;
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    if path.starts_with('/') {
-        format!("http://{host}{path}")
-    } else {
-        // Absolute-form (proxies) or authority-form (CONNECT) targets.
-        path.to_owned()
-    }
+    crate::http::request_url(&e.exchange.request, e.exchange.role, &e.conn)
 }
 
 fn text(l: &ExchangeLine<'_>) -> String {

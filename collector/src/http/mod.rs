@@ -32,6 +32,27 @@ pub struct ConnExchange {
     pub conn: ConnMeta,
 }
 
+/// `http://` + Host (else the server's address) + path. Query strings and fragments are
+/// dropped: they often carry tokens and personal data.
+pub fn request_url(request: &head::RequestHead, role: Role, conn: &ConnMeta) -> String {
+    let server_addr = match role {
+        Role::Client => conn.remote,
+        _ => conn.local,
+    };
+    let host = request
+        .host
+        .clone()
+        .or_else(|| server_addr.map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path = request.target.split(['?', '#']).next().unwrap_or_default();
+    if path.starts_with('/') {
+        format!("http://{host}{path}")
+    } else {
+        // Absolute-form (proxies) or authority-form (CONNECT) targets.
+        path.to_owned()
+    }
+}
+
 /// What the HTTP stage emits: requests as they start, exchanges as they end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HttpOut {

@@ -1,0 +1,652 @@
+//! Stage 4: HTTP exchanges → linked X-Ray segments.
+//!
+//! Every request gets its span id when it starts. Decisions — which inbound request an
+//! outbound call belongs to, which trace a request joins — are made `hold` after an exchange
+//! ends, when every event before that has arrived, and they are made only on sound signals:
+//! - an inbound request becomes a segment; an outbound call a `remote` subsegment of the one
+//!   inbound request in flight on the same thread (never for runtimes that move work between
+//!   threads, such as Go), or of the request whose trace id the app itself forwarded;
+//! - when both ends of a TCP connection are on this node, the server's segment joins the
+//!   client's trace, with the client's subsegment as parent (4-tuple and order on the
+//!   connection);
+//! - an incoming X-Amzn-Trace-Id (or a recent W3C traceparent) is honoured; Sampled=0 is not
+//!   exported.
+//!
+//! Anything else stays unparented and counted: a wrong parent is worse than none.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
+    net::SocketAddr,
+};
+
+use super::{
+    document::{
+        Http, HttpRequest, HttpResponse, Segment, annotation_key, bounded, epoch_seconds,
+        sanitize_name,
+    },
+    header,
+    ids::{new_span_id, new_trace_id},
+    process::ProcessInfo,
+};
+use crate::{
+    http::{ConnExchange, ConnMeta, HttpOut, RequestStart, request_url},
+    source::{clock::Clock, event::Role},
+};
+
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    /// Segment name for every service (default: the process name).
+    pub service_name: Option<String>,
+    /// How long after an exchange ends its document is built.
+    pub hold_ns: u64,
+    /// How long finished requests are remembered for links that arrive late.
+    pub keep_ns: u64,
+    /// Requests remembered at once; beyond, the oldest are forgotten (counted).
+    pub max_requests: usize,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            service_name: None,
+            hold_ns: 500_000_000,
+            keep_ns: 30_000_000_000,
+            max_requests: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceStats {
+    pub segments: u64,
+    pub subsegments_nested: u64,
+    pub subsegments_independent: u64,
+    /// Outbound calls with no inbound request in flight: their own segment.
+    pub client_segments: u64,
+    pub linked_same_node: u64,
+    pub linked_by_header: u64,
+    pub parented_by_thread: u64,
+    pub parented_by_forwarded_header: u64,
+    /// Outbound calls left unparented: several inbound requests in flight on the thread.
+    pub unparented_ambiguous: u64,
+    /// Outbound calls left unparented: the runtime moves work between threads.
+    pub unparented_thread_hopping: u64,
+    pub not_sampled: u64,
+    pub forgotten: u64,
+}
+
+/// (connection id, request index on it).
+type Key = (u64, u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParentReason {
+    Thread,
+    ForwardedHeader,
+    NoneInFlight,
+    Ambiguous,
+    ThreadHopping,
+}
+
+#[derive(Clone, Debug)]
+struct Identity {
+    trace_id: String,
+    parent_id: Option<String>,
+    sampled: Option<bool>,
+    annotations: Vec<(String, serde_json::Value)>,
+    via_link: bool,
+    via_header: bool,
+}
+
+struct Req {
+    start: RequestStart,
+    conn: ConnMeta,
+    span_id: String,
+    exchange: Option<ConnExchange>,
+    end_ns: Option<u64>,
+    identity: Option<Identity>,
+    parent: Option<(Option<Key>, ParentReason)>,
+    /// Outbound calls nested in this inbound request's segment.
+    children: Vec<Key>,
+    /// Outbound: a traced callee on this node named this call its parent.
+    linked: bool,
+    emitted: bool,
+}
+
+impl Req {
+    fn in_flight_at(&self, t: u64) -> bool {
+        self.start.start_ns <= t && self.end_ns.is_none_or(|e| e >= t)
+    }
+}
+
+pub struct TraceAssembler<P: ProcessInfo> {
+    config: TraceConfig,
+    clock: Clock,
+    procs: P,
+    reqs: HashMap<Key, Req>,
+    servers_by_thread: HashMap<(u32, u32), Vec<Key>>,
+    servers_by_pid: HashMap<u32, Vec<Key>>,
+    clients_by_link: HashMap<(SocketAddr, SocketAddr, u64), Key>,
+    /// Finished exchanges by end time, waiting for `hold`.
+    ready: BinaryHeap<Reverse<(u64, Key)>>,
+    pub stats: TraceStats,
+}
+
+impl<P: ProcessInfo> TraceAssembler<P> {
+    pub fn new(config: TraceConfig, clock: Clock, procs: P) -> Self {
+        Self {
+            config,
+            clock,
+            procs,
+            reqs: HashMap::new(),
+            servers_by_thread: HashMap::new(),
+            servers_by_pid: HashMap::new(),
+            clients_by_link: HashMap::new(),
+            ready: BinaryHeap::new(),
+            stats: TraceStats::default(),
+        }
+    }
+
+    pub fn on_http(&mut self, event: HttpOut) {
+        match event {
+            HttpOut::Started { start, conn } => self.started(start, conn),
+            HttpOut::Done(e) => self.done(e),
+        }
+    }
+
+    /// Builds the documents of exchanges that ended at least `hold` before `now_ns`, and
+    /// forgets requests older than `keep`.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Segment>) {
+        while let Some(Reverse((end, key))) = self.ready.peek().copied() {
+            if end.saturating_add(self.config.hold_ns) > now_ns {
+                break;
+            }
+            self.ready.pop();
+            self.emit(key, out);
+        }
+        self.forget(now_ns);
+    }
+
+    /// Builds every finished exchange's document now (shutdown).
+    pub fn finish(&mut self, out: &mut Vec<Segment>) {
+        self.tick(u64::MAX, out);
+    }
+
+    pub fn remembered(&self) -> usize {
+        self.reqs.len()
+    }
+
+    fn started(&mut self, start: RequestStart, conn: ConnMeta) {
+        let key = (start.conn_id, start.index);
+        if self.reqs.len() >= self.config.max_requests {
+            self.forget_oldest();
+        }
+        match start.role {
+            Role::Client => {
+                if let (Some(local), Some(remote)) = (conn.local, conn.remote) {
+                    self.clients_by_link
+                        .insert((local, remote, start.index), key);
+                }
+            }
+            _ => {
+                self.servers_by_thread
+                    .entry((start.pid, start.tid))
+                    .or_default()
+                    .push(key);
+                self.servers_by_pid.entry(start.pid).or_default().push(key);
+            }
+        }
+        let req = Req {
+            start,
+            conn,
+            span_id: new_span_id(),
+            exchange: None,
+            end_ns: None,
+            identity: None,
+            parent: None,
+            children: Vec::new(),
+            linked: false,
+            emitted: false,
+        };
+        self.reqs.insert(key, req);
+    }
+
+    fn done(&mut self, e: ConnExchange) {
+        let key = (e.exchange.conn_id, e.exchange.index);
+        let end = e.exchange.end_ns;
+        let Some(req) = self.reqs.get_mut(&key) else {
+            return;
+        };
+        req.end_ns = Some(end);
+        req.exchange = Some(e);
+        self.ready.push(Reverse((end, key)));
+    }
+
+    fn emit(&mut self, key: Key, out: &mut Vec<Segment>) {
+        let Some(role) = self.reqs.get(&key).map(|r| r.start.role) else {
+            return;
+        };
+        if role == Role::Client {
+            self.emit_client(key, out);
+        } else {
+            self.emit_server(key, out);
+        }
+    }
+
+    fn emit_server(&mut self, key: Key, out: &mut Vec<Segment>) {
+        let identity = self.identity(key, 0);
+        let req = self.reqs.get_mut(&key).expect("present");
+        req.emitted = true;
+        if identity.sampled == Some(false) {
+            self.stats.not_sampled += 1;
+            return;
+        }
+        if identity.via_link {
+            self.stats.linked_same_node += 1;
+        }
+        if identity.via_header {
+            self.stats.linked_by_header += 1;
+        }
+        let children = std::mem::take(&mut req.children);
+        let mut segment = self.server_segment(key, &identity);
+        for c in children {
+            if let Some(sub) = self.subsegment(c) {
+                segment.subsegments.push(sub);
+                self.stats.subsegments_nested += 1;
+            }
+        }
+        self.stats.segments += 1;
+        out.push(segment);
+    }
+
+    fn emit_client(&mut self, key: Key, out: &mut Vec<Segment>) {
+        let (parent, reason) = self.parent(key);
+        match reason {
+            ParentReason::Thread => self.stats.parented_by_thread += 1,
+            ParentReason::ForwardedHeader => self.stats.parented_by_forwarded_header += 1,
+            ParentReason::Ambiguous => self.stats.unparented_ambiguous += 1,
+            ParentReason::ThreadHopping => self.stats.unparented_thread_hopping += 1,
+            ParentReason::NoneInFlight => {}
+        }
+        let identity = self.identity(key, 0);
+        self.reqs.get_mut(&key).expect("present").emitted = true;
+        if identity.sampled == Some(false) {
+            self.stats.not_sampled += 1;
+            return;
+        }
+        match parent {
+            Some(p) if self.reqs.get(&p).is_some_and(|r| !r.emitted) => {
+                self.reqs.get_mut(&p).expect("checked").children.push(key);
+            }
+            Some(p) => {
+                // The inbound request's segment already left: send this one on its own.
+                let parent_id = self.reqs.get(&p).map(|r| r.span_id.clone());
+                if let Some(mut sub) = self.subsegment(key) {
+                    sub.kind = Some("subsegment");
+                    sub.trace_id = Some(identity.trace_id.clone());
+                    sub.parent_id = parent_id;
+                    self.stats.subsegments_independent += 1;
+                    out.push(sub);
+                }
+            }
+            None => {
+                // No inbound request owns this call: the calling service's own segment.
+                let Some(sub) = self.subsegment(key) else {
+                    return;
+                };
+                let name = self.service_name(key);
+                let segment = Segment {
+                    name,
+                    id: identity.parent_id.clone().unwrap_or_else(new_span_id),
+                    trace_id: Some(identity.trace_id.clone()),
+                    parent_id: None,
+                    start_time: sub.start_time,
+                    end_time: sub.end_time,
+                    kind: None,
+                    namespace: None,
+                    origin: None,
+                    http: None,
+                    error: sub.error,
+                    throttle: sub.throttle,
+                    fault: sub.fault,
+                    annotations: BTreeMap::new(),
+                    aws: Some(xray_block()),
+                    subsegments: vec![sub],
+                };
+                self.stats.client_segments += 1;
+                out.push(segment);
+            }
+        }
+    }
+
+    /// Which inbound request an outbound call belongs to (memoized).
+    fn parent(&mut self, key: Key) -> (Option<Key>, ParentReason) {
+        let req = &self.reqs[&key];
+        if let Some(p) = req.parent {
+            return p;
+        }
+        let (pid, tid, t) = (req.start.pid, req.start.tid, req.start.start_ns);
+        let forwarded = header::incoming(
+            req.start.request.x_amzn_trace_id.as_deref(),
+            req.start.request.traceparent.as_deref(),
+            self.epoch_secs(t),
+        )
+        .trace_id;
+        let decision = if let Some(root) = forwarded {
+            // The app forwarded a trace id: the inbound request of that trace in flight in the
+            // same process owns the call.
+            let candidates: Vec<Key> = self
+                .servers_by_pid
+                .get(&pid)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|k| self.reqs.get(k).is_some_and(|r| r.in_flight_at(t)))
+                .collect();
+            let matching: Vec<Key> = candidates
+                .into_iter()
+                .filter(|k| self.identity(*k, 0).trace_id == root)
+                .collect();
+            match matching.as_slice() {
+                [one] => (Some(*one), ParentReason::ForwardedHeader),
+                [] => (None, ParentReason::NoneInFlight),
+                _ => (None, ParentReason::Ambiguous),
+            }
+        } else if self.procs.moves_work_between_threads(pid) {
+            (None, ParentReason::ThreadHopping)
+        } else {
+            let in_flight: Vec<Key> = self
+                .servers_by_thread
+                .get(&(pid, tid))
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|k| self.reqs.get(k).is_some_and(|r| r.in_flight_at(t)))
+                .collect();
+            match in_flight.as_slice() {
+                [one] => (Some(*one), ParentReason::Thread),
+                [] => (None, ParentReason::NoneInFlight),
+                _ => (None, ParentReason::Ambiguous),
+            }
+        };
+        self.reqs.get_mut(&key).expect("present").parent = Some(decision);
+        decision
+    }
+
+    /// The trace a request belongs to (memoized). For an outbound call without a parent this
+    /// is its own segment's trace, and `parent_id` holds that segment's id.
+    fn identity(&mut self, key: Key, depth: u32) -> Identity {
+        if let Some(id) = self.reqs.get(&key).and_then(|r| r.identity.clone()) {
+            return id;
+        }
+        let req = &self.reqs[&key];
+        let start_secs = self.epoch_secs(req.start.start_ns);
+        let identity = match req.start.role {
+            Role::Client => match self.parent(key).0 {
+                Some(p) if depth < 16 => {
+                    let parent = self.identity(p, depth + 1);
+                    Identity {
+                        parent_id: None,
+                        via_link: false,
+                        via_header: false,
+                        annotations: vec![],
+                        ..parent
+                    }
+                }
+                _ => Identity {
+                    trace_id: new_trace_id(start_secs),
+                    parent_id: Some(new_span_id()),
+                    sampled: None,
+                    annotations: vec![],
+                    via_link: false,
+                    via_header: false,
+                },
+            },
+            _ => {
+                let incoming = header::incoming(
+                    req.start.request.x_amzn_trace_id.as_deref(),
+                    req.start.request.traceparent.as_deref(),
+                    start_secs,
+                );
+                let caller = match (req.conn.remote, req.conn.local) {
+                    (Some(remote), Some(local)) => self
+                        .clients_by_link
+                        .get(&(remote, local, req.start.index))
+                        .copied(),
+                    _ => None,
+                };
+                if let Some(trace_id) = incoming.trace_id.clone() {
+                    let mut annotations = vec![];
+                    if let Some(lineage) = incoming.lineage {
+                        annotations.push(("lineage".to_owned(), lineage.into()));
+                    }
+                    Identity {
+                        trace_id,
+                        parent_id: incoming.parent_id,
+                        sampled: incoming.sampled,
+                        annotations,
+                        via_link: false,
+                        via_header: true,
+                    }
+                } else if let Some(c) = caller.filter(|c| self.reqs.contains_key(c) && depth < 16) {
+                    let caller_trace = self.identity(c, depth + 1);
+                    let client = self.reqs.get_mut(&c).expect("checked");
+                    client.linked = true;
+                    Identity {
+                        trace_id: caller_trace.trace_id,
+                        parent_id: Some(client.span_id.clone()),
+                        sampled: caller_trace.sampled,
+                        annotations: vec![],
+                        via_link: true,
+                        via_header: false,
+                    }
+                } else {
+                    let mut annotations = vec![];
+                    if let Some(tp) = incoming.rejected_traceparent {
+                        annotations.push(("w3c_traceparent".to_owned(), bounded(&tp).into()));
+                    }
+                    Identity {
+                        trace_id: new_trace_id(start_secs),
+                        parent_id: None,
+                        sampled: incoming.sampled,
+                        annotations,
+                        via_link: false,
+                        via_header: false,
+                    }
+                }
+            }
+        };
+        self.reqs.get_mut(&key).expect("present").identity = Some(identity.clone());
+        identity
+    }
+
+    fn server_segment(&mut self, key: Key, identity: &Identity) -> Segment {
+        let req = &self.reqs[&key];
+        let e = req.exchange.as_ref().expect("emitted when done");
+        let x = &e.exchange;
+        let (client_ip, from_xff) = match x
+            .request
+            .x_forwarded_for
+            .as_deref()
+            .and_then(|v| v.split(',').next())
+        {
+            Some(first) if !first.trim().is_empty() => (Some(first.trim().to_owned()), true),
+            _ => (e.conn.remote.map(|a| a.ip().to_string()), false),
+        };
+        let status = x.response.as_ref().map(|r| r.status);
+        let (error, throttle, fault) = status_flags(status);
+        let name = self.service_name(key);
+        let req = &self.reqs[&key];
+        let e = req.exchange.as_ref().expect("emitted when done");
+        let x = &e.exchange;
+        Segment {
+            name,
+            id: req.span_id.clone(),
+            trace_id: Some(identity.trace_id.clone()),
+            parent_id: identity.parent_id.clone(),
+            start_time: epoch_seconds(self.clock.epoch_seconds(x.start_ns)),
+            end_time: epoch_seconds(self.clock.epoch_seconds(x.end_ns)),
+            kind: None,
+            namespace: None,
+            origin: None,
+            http: Some(Http {
+                request: HttpRequest {
+                    method: bounded(&x.request.method),
+                    url: bounded(&request_url(&x.request, x.role, &e.conn)),
+                    user_agent: x.request.user_agent.as_deref().map(bounded),
+                    client_ip,
+                    x_forwarded_for: from_xff,
+                    traced: false,
+                },
+                response: response(e),
+            }),
+            error,
+            throttle,
+            fault,
+            annotations: identity
+                .annotations
+                .iter()
+                .map(|(k, v)| (annotation_key(k), v.clone()))
+                .collect(),
+            aws: Some(xray_block()),
+            subsegments: vec![],
+        }
+    }
+
+    /// An outbound call as a `remote` subsegment named after the host it called.
+    fn subsegment(&self, key: Key) -> Option<Segment> {
+        let req = self.reqs.get(&key)?;
+        let e = req.exchange.as_ref()?;
+        let x = &e.exchange;
+        let url = request_url(&x.request, x.role, &e.conn);
+        let host = x
+            .request
+            .host
+            .clone()
+            .or_else(|| e.conn.remote.map(|a| a.to_string()))
+            .unwrap_or_default();
+        let host = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(h, _)| h)
+            .to_owned();
+        let (error, throttle, fault) = status_flags(x.response.as_ref().map(|r| r.status));
+        Some(Segment {
+            name: sanitize_name(&host),
+            id: req.span_id.clone(),
+            trace_id: None,
+            parent_id: None,
+            start_time: epoch_seconds(self.clock.epoch_seconds(x.start_ns)),
+            end_time: epoch_seconds(self.clock.epoch_seconds(x.end_ns)),
+            kind: None,
+            namespace: Some("remote"),
+            origin: None,
+            http: Some(Http {
+                request: HttpRequest {
+                    method: bounded(&x.request.method),
+                    url: bounded(&url),
+                    user_agent: None,
+                    client_ip: None,
+                    x_forwarded_for: false,
+                    traced: req.linked,
+                },
+                response: response(e),
+            }),
+            error,
+            throttle,
+            fault,
+            annotations: BTreeMap::new(),
+            aws: None,
+            subsegments: vec![],
+        })
+    }
+
+    /// The flag's name, else the process name (else the name seen at connection time).
+    fn service_name(&mut self, key: Key) -> String {
+        if let Some(name) = &self.config.service_name {
+            return sanitize_name(name);
+        }
+        let (pid, fallback) = match self.reqs.get(&key) {
+            Some(r) => (r.start.pid, r.conn.comm.clone()),
+            None => return "unknown".to_owned(),
+        };
+        let name = self.procs.name(pid);
+        sanitize_name(if name.is_empty() { &fallback } else { &name })
+    }
+
+    fn epoch_secs(&self, ktime_ns: u64) -> u64 {
+        self.clock.epoch_seconds(ktime_ns).max(0.0) as u64
+    }
+
+    /// Forgets finished, emitted requests older than `keep`.
+    fn forget(&mut self, now_ns: u64) {
+        let keep = self.config.keep_ns;
+        let old: Vec<Key> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.emitted && r.end_ns.is_some_and(|e| e.saturating_add(keep) < now_ns))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old {
+            self.remove(k);
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some(k) = self
+            .reqs
+            .iter()
+            .min_by_key(|(_, r)| r.start.start_ns)
+            .map(|(k, _)| *k)
+        {
+            self.remove(k);
+            self.stats.forgotten += 1;
+        }
+    }
+
+    fn remove(&mut self, key: Key) {
+        let Some(r) = self.reqs.remove(&key) else {
+            return;
+        };
+        if let Some(v) = self.servers_by_thread.get_mut(&(r.start.pid, r.start.tid)) {
+            v.retain(|k| *k != key);
+            if v.is_empty() {
+                self.servers_by_thread.remove(&(r.start.pid, r.start.tid));
+            }
+        }
+        if let Some(v) = self.servers_by_pid.get_mut(&r.start.pid) {
+            v.retain(|k| *k != key);
+            if v.is_empty() {
+                self.servers_by_pid.remove(&r.start.pid);
+            }
+        }
+        if let (Some(local), Some(remote)) = (r.conn.local, r.conn.remote) {
+            self.clients_by_link.remove(&(local, remote, r.start.index));
+        }
+    }
+}
+
+fn response(e: &ConnExchange) -> Option<HttpResponse> {
+    let r = e.exchange.response.as_ref()?;
+    Some(HttpResponse {
+        status: r.status,
+        content_length: Some(r.content_length.unwrap_or(e.exchange.response_body_bytes)),
+    })
+}
+
+/// error for 4xx, throttle (and error) for 429, fault for 5xx.
+fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
+    match status {
+        Some(429) => (true, true, false),
+        Some(s) if (400..500).contains(&s) => (true, false, false),
+        Some(s) if (500..600).contains(&s) => (false, false, true),
+        _ => (false, false, false),
+    }
+}
+
+/// Says who made the segment, as the SDKs do.
+fn xray_block() -> serde_json::Value {
+    serde_json::json!({"xray": {"sdk": "ebpf-collector", "sdk_version": env!("CARGO_PKG_VERSION"), "auto_instrumentation": true}})
+}
+
+#[cfg(test)]
+mod tests;
