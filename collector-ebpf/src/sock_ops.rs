@@ -99,9 +99,10 @@ fn open(ctx: &SockOpsContext, role: u32) {
         // Established callbacks run in softirq: the current task is not the connection's.
         with_task: false,
         family,
-        // local_port is in host order; remote_port in network order (uapi bpf_sock_ops).
+        // local_port is in host order; remote_port in network order, and on little-endian
+        // machines the kernel loads it into the upper 16 bits (sock_ops_convert_ctx_access).
         local_port: ctx.local_port() as u16,
-        remote_port: u16::from_be(ctx.remote_port() as u16),
+        remote_port: remote_port(ctx.remote_port()),
         local_addr,
         remote_addr,
         rx_bytes: 0,
@@ -138,6 +139,15 @@ fn close(ctx: &SockOpsContext) {
         recv_seq0: 0,
         send_seq0: 0,
     });
+}
+
+#[inline(always)]
+fn remote_port(raw: u32) -> u16 {
+    #[cfg(target_endian = "little")]
+    let port = (raw >> 16) as u16;
+    #[cfg(target_endian = "big")]
+    let port = raw as u16;
+    u16::from_be(port)
 }
 
 /// An IPv4 address as the context holds it (network order in a u32) to bytes.

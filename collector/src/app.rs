@@ -7,14 +7,19 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{ExporterKind, RunArgs},
+    export::{
+        traces::TracePrinter,
+        xray::{self, XrayConfig},
+    },
     http::TrackerLimits,
-    pipeline::Pipeline,
+    pipeline::{Pipeline, TraceSink},
     source::{
         Assembler,
         clock::{Clock, monotonic_now_ns},
         join::JoinLimits,
         kernel::{CapturePath, KernelSource, SourceOptions},
     },
+    trace::TraceConfig,
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -40,10 +45,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let stdout = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     let clock = Clock::now();
+    let trace_config = TraceConfig {
+        service_name: args.service_name.clone(),
+        hold_ns: args.trace_hold_ms * 1_000_000,
+        ..TraceConfig::default()
+    };
+    let mut xray = None;
     let mut pipeline = match args.exporter {
         ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
         ExporterKind::Exchanges => {
             Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
+        }
+        ExporterKind::Stdout => Pipeline::traces(
+            TraceSink::Stdout(TracePrinter::new(stdout, args.format)),
+            clock,
+            TrackerLimits::default(),
+            trace_config,
+        ),
+        ExporterKind::Xray => {
+            let (queue, task) = xray::start(&XrayConfig {
+                region: args.region.clone(),
+                endpoint_url: args.endpoint_url.clone(),
+                queue_size: args.xray_queue_size as usize,
+            })
+            .await?;
+            xray = Some((queue.clone(), task));
+            Pipeline::traces(
+                TraceSink::Xray(queue),
+                clock,
+                TrackerLimits::default(),
+                trace_config,
+            )
         }
     };
 
@@ -78,10 +110,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .finish()
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
-    tracing::info!(
-        "stopped; summary: {}",
-        summary(&counters, &assembler, &pipeline)
-    );
+    let mut summary = summary(&counters, &assembler, &pipeline);
+    if let Some((queue, task)) = xray {
+        // Deliver what is queued, within the deadline.
+        queue.close();
+        let deadline = Duration::from_secs(args.shutdown_timeout_secs);
+        if tokio::time::timeout(deadline, task).await.is_err() {
+            tracing::warn!(
+                "{} segment documents not delivered within {deadline:?}",
+                queue.len()
+            );
+        }
+        for (k, v) in queue.stats().pairs() {
+            summary.push_str(&format!(" {k}={v}"));
+        }
+        summary.push_str(&format!(" xray_undelivered_at_exit={}", queue.len()));
+    }
+    tracing::info!("stopped; summary: {summary}");
     Ok(())
 }
 

@@ -25,6 +25,10 @@ pub enum Command {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExporterKind {
+    /// X-Ray segment documents on stdout: a readable block per trace (JSON with --format json).
+    Stdout,
+    /// PutTraceSegments to AWS X-Ray (credentials and region from the default AWS chain).
+    Xray,
     /// One line per HTTP exchange: role, process, method, URL, status, duration, sizes.
     Exchanges,
     /// One line per kernel event (connection opened/closed, bytes moved): a debug view.
@@ -34,12 +38,7 @@ pub enum ExporterKind {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where captured data goes.
-    #[arg(
-        long,
-        env = "COLLECTOR_EXPORTER",
-        value_enum,
-        default_value = "exchanges"
-    )]
+    #[arg(long, env = "COLLECTOR_EXPORTER", value_enum, default_value = "stdout")]
     pub exporter: ExporterKind,
 
     /// Output format of the stdout exporters.
@@ -63,6 +62,34 @@ pub struct RunArgs {
     /// Size of the kernel→collector ring buffer in bytes (a power of two, ≥ 4096).
     #[arg(long, env = "COLLECTOR_RINGBUF_BYTES", default_value_t = 8 << 20, value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
+
+    /// Segment name for every traced service (default: the process name).
+    #[arg(long, env = "COLLECTOR_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// AWS region of the X-Ray endpoint.
+    #[arg(short = 'n', long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// X-Ray endpoint URL (default: the region's; also read from AWS_ENDPOINT_URL_XRAY).
+    #[arg(long, env = "COLLECTOR_XRAY_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Segment documents held for X-Ray at most; beyond, the oldest are dropped (counted).
+    #[arg(long, env = "COLLECTOR_XRAY_QUEUE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(50..=1_000_000))]
+    pub xray_queue_size: u64,
+
+    /// How long after an exchange ends its segment is built (links arriving in that time
+    /// are made), in milliseconds.
+    #[arg(long, env = "COLLECTOR_TRACE_HOLD_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub trace_hold_ms: u64,
+
+    /// At stop, how long queued segments may take to be delivered, in seconds.
+    #[arg(long, env = "COLLECTOR_SHUTDOWN_TIMEOUT_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_timeout_secs: u64,
 
     /// Never trace connections of processes with this name (as in /proc/PID/comm; names are
     /// cut to 15 bytes like the kernel's). Repeatable, or comma-separated.
@@ -96,12 +123,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_defaults_to_the_exchanges_exporter_on_the_best_path() {
+    fn run_defaults_to_the_stdout_exporter_on_the_best_path() {
         let cli = Cli::try_parse_from(["collector", "run"]).unwrap();
         let Command::Run(args) = cli.command else {
             panic!()
         };
-        assert_eq!(args.exporter, ExporterKind::Exchanges);
+        assert_eq!(args.exporter, ExporterKind::Stdout);
         assert_eq!(args.capture_path, CapturePath::Auto);
         assert_eq!(args.capture_bytes, collector_common::DEFAULT_CAPTURE_BYTES);
     }

@@ -4,10 +4,20 @@
 use std::io::Write;
 
 use crate::{
-    export::{OutputFormat, events::EventPrinter, exchanges::ExchangePrinter},
+    export::{
+        OutputFormat, events::EventPrinter, exchanges::ExchangePrinter, traces::TracePrinter,
+        xray::XrayQueue,
+    },
     http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
     source::{clock::Clock, event::KernelEvent},
+    trace::{Segment, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
 };
+
+/// Where finished segments go.
+pub enum TraceSink<W: Write> {
+    Stdout(TracePrinter<W>),
+    Xray(XrayQueue),
+}
 
 #[expect(clippy::large_enum_variant, reason = "one per collector")]
 pub enum Pipeline<W: Write> {
@@ -18,6 +28,14 @@ pub enum Pipeline<W: Write> {
         tracker: HttpTracker,
         printer: ExchangePrinter<W>,
         batch: Vec<HttpOut>,
+    },
+    /// Events → streams → exchanges → linked segments.
+    Traces {
+        tracker: HttpTracker,
+        assembler: TraceAssembler<ProcFs>,
+        sink: TraceSink<W>,
+        http: Vec<HttpOut>,
+        segments: Vec<Segment>,
     },
 }
 
@@ -34,6 +52,21 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    pub fn traces(
+        sink: TraceSink<W>,
+        clock: Clock,
+        limits: TrackerLimits,
+        config: TraceConfig,
+    ) -> Self {
+        Self::Traces {
+            tracker: HttpTracker::new(limits),
+            assembler: TraceAssembler::new(config, clock, ProcFs::default()),
+            sink,
+            http: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
     pub fn on_event(&mut self, event: KernelEvent) -> std::io::Result<()> {
         match self {
             Self::Events(p) => p.on_event(&event),
@@ -45,10 +78,21 @@ impl<W: Write> Pipeline<W> {
                 tracker.on_event(event, batch);
                 export(printer, batch)
             }
+            Self::Traces {
+                tracker,
+                assembler,
+                http,
+                ..
+            } => {
+                tracker.on_event(event, http);
+                http.drain(..).for_each(|h| assembler.on_http(h));
+                Ok(())
+            }
         }
     }
 
-    /// Periodic work: stale holes become gaps, idle connections are closed.
+    /// Periodic work: stale holes become gaps, idle connections are closed, held segments
+    /// are built.
     pub fn tick(&mut self, now_ns: u64) -> std::io::Result<()> {
         match self {
             Self::Events(_) => Ok(()),
@@ -60,10 +104,22 @@ impl<W: Write> Pipeline<W> {
                 tracker.expire(now_ns, batch);
                 export(printer, batch)
             }
+            Self::Traces {
+                tracker,
+                assembler,
+                sink,
+                http,
+                segments,
+            } => {
+                tracker.expire(now_ns, http);
+                http.drain(..).for_each(|h| assembler.on_http(h));
+                assembler.tick(now_ns, segments);
+                send(sink, segments)
+            }
         }
     }
 
-    /// At shutdown: finish every connection's exchanges.
+    /// At shutdown: finish every connection's exchanges and build every segment.
     pub fn finish(&mut self) -> std::io::Result<()> {
         match self {
             Self::Events(_) => Ok(()),
@@ -75,6 +131,18 @@ impl<W: Write> Pipeline<W> {
                 tracker.close_all(batch);
                 export(printer, batch)
             }
+            Self::Traces {
+                tracker,
+                assembler,
+                sink,
+                http,
+                segments,
+            } => {
+                tracker.close_all(http);
+                http.drain(..).for_each(|h| assembler.on_http(h));
+                assembler.finish(segments);
+                send(sink, segments)
+            }
         }
     }
 
@@ -82,13 +150,28 @@ impl<W: Write> Pipeline<W> {
         match self {
             Self::Events(p) => p.flush(),
             Self::Exchanges { printer, .. } => printer.flush(),
+            Self::Traces {
+                sink: TraceSink::Stdout(p),
+                ..
+            } => p.flush(),
+            Self::Traces {
+                sink: TraceSink::Xray(_),
+                ..
+            } => Ok(()),
         }
     }
 
     pub fn http_stats(&self) -> Option<TrackerStats> {
         match self {
             Self::Events(_) => None,
-            Self::Exchanges { tracker, .. } => Some(tracker.stats()),
+            Self::Exchanges { tracker, .. } | Self::Traces { tracker, .. } => Some(tracker.stats()),
+        }
+    }
+
+    pub fn trace_stats(&self) -> Option<TraceStats> {
+        match self {
+            Self::Traces { assembler, .. } => Some(assembler.stats),
+            _ => None,
         }
     }
 }
@@ -99,6 +182,16 @@ fn export<W: Write>(
 ) -> std::io::Result<()> {
     for e in batch.drain(..).filter_map(HttpOut::into_exchange) {
         printer.export(&e)?;
+    }
+    Ok(())
+}
+
+fn send<W: Write>(sink: &mut TraceSink<W>, segments: &mut Vec<Segment>) -> std::io::Result<()> {
+    for s in segments.drain(..) {
+        match sink {
+            TraceSink::Stdout(p) => p.export(s)?,
+            TraceSink::Xray(q) => s.into_documents().into_iter().for_each(|d| q.push(d)),
+        }
     }
     Ok(())
 }

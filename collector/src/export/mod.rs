@@ -2,6 +2,8 @@
 
 pub mod events;
 pub mod exchanges;
+pub mod traces;
+pub mod xray;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {

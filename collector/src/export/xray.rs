@@ -1,0 +1,278 @@
+//! The `xray` exporter: PutTraceSegments through aws-sdk-xray.
+//!
+//! The pipeline pushes documents into a bounded queue that drops its oldest when full; one
+//! task sends them in batches of up to 50, when 50 are waiting or a second has passed, never
+//! two calls at once. Throttling, 5xx, timeouts and transport errors (an endpoint that is
+//! down) are retried with backoff — meanwhile the queue keeps filling, up to its bound. Other
+//! errors drop the batch; documents X-Ray reports unprocessed are logged and never retried.
+//! Every document is accounted for: sent, unprocessed, dropped (queue full or rejected), or
+//! still queued.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aws_sdk_xray::{error::SdkError, operation::put_trace_segments::PutTraceSegmentsError};
+use tokio::sync::Notify;
+
+/// X-Ray accepts at most 50 documents per call.
+pub const MAX_BATCH: usize = 50;
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct XrayConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// Documents held at most; beyond, the oldest are dropped (counted).
+    pub queue_size: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct XrayStats {
+    pub queued: AtomicU64,
+    pub sent: AtomicU64,
+    pub unprocessed: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_rejected: AtomicU64,
+    pub batches: AtomicU64,
+    pub retries: AtomicU64,
+    /// Wall time of the last successful call, ms.
+    pub last_call_ms: AtomicU64,
+}
+
+impl XrayStats {
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("xray_queued", g(&self.queued)),
+            ("xray_sent", g(&self.sent)),
+            ("xray_unprocessed", g(&self.unprocessed)),
+            ("xray_dropped_queue_full", g(&self.dropped_queue_full)),
+            ("xray_dropped_rejected", g(&self.dropped_rejected)),
+            ("xray_batches", g(&self.batches)),
+            ("xray_retries", g(&self.retries)),
+        ]
+    }
+}
+
+struct Shared {
+    queue: Mutex<(VecDeque<String>, bool)>, // (documents, closed)
+    notify: Notify,
+    stats: XrayStats,
+    capacity: usize,
+}
+
+/// The pipeline's handle: push documents, close at shutdown.
+#[derive(Clone)]
+pub struct XrayQueue {
+    shared: Arc<Shared>,
+}
+
+impl XrayQueue {
+    pub fn push(&self, doc: String) {
+        let mut q = self.shared.queue.lock().expect("queue lock");
+        if q.0.len() >= self.shared.capacity {
+            q.0.pop_front();
+            self.shared
+                .stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        q.0.push_back(doc);
+        self.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if q.0.len() >= MAX_BATCH {
+            self.shared.notify.notify_one();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.queue.lock().expect("queue lock").0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> &XrayStats {
+        &self.shared.stats
+    }
+
+    /// No more documents: the sender drains what is queued and stops.
+    pub fn close(&self) {
+        self.shared.queue.lock().expect("queue lock").1 = true;
+        self.shared.notify.notify_one();
+    }
+}
+
+/// Builds the client from aws-config's default chain (env, profile, IRSA web identity, ECS,
+/// IMDS) and starts the sender task.
+pub async fn start(
+    config: &XrayConfig,
+) -> anyhow::Result<(XrayQueue, tokio::task::JoinHandle<()>)> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        // Retries are ours (the queue keeps filling meanwhile); each attempt is bounded.
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        );
+    if let Some(region) = &config.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(url) = &config.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        anyhow::bail!(
+            "no AWS region for the xray exporter: set --region or AWS_REGION (on EC2/EKS it \
+             comes from the instance metadata when reachable)"
+        );
+    }
+    sdk.credentials_provider().context(
+        "no AWS credentials provider: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, \
+         or IRSA (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE)",
+    )?;
+    let client = aws_sdk_xray::Client::new(&sdk);
+    let shared = Arc::new(Shared {
+        queue: Mutex::new((VecDeque::new(), false)),
+        notify: Notify::new(),
+        stats: XrayStats::default(),
+        capacity: config.queue_size.max(MAX_BATCH),
+    });
+    let task = tokio::spawn(send_loop(client, shared.clone()));
+    Ok((XrayQueue { shared }, task))
+}
+
+async fn send_loop(client: aws_sdk_xray::Client, shared: Arc<Shared>) {
+    let mut last_flush = Instant::now();
+    loop {
+        let (batch, closed) = {
+            let mut q = shared.queue.lock().expect("queue lock");
+            let due = q.0.len() >= MAX_BATCH || last_flush.elapsed() >= FLUSH_INTERVAL || q.1;
+            let n = if due { q.0.len().min(MAX_BATCH) } else { 0 };
+            (q.0.drain(..n).collect::<Vec<_>>(), q.1)
+        };
+        if batch.is_empty() {
+            if closed {
+                return;
+            }
+            let wait = FLUSH_INTERVAL
+                .saturating_sub(last_flush.elapsed())
+                .max(Duration::from_millis(10));
+            tokio::select! {
+                () = shared.notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            if last_flush.elapsed() >= FLUSH_INTERVAL {
+                last_flush = Instant::now() - FLUSH_INTERVAL; // due now, even if empty
+            }
+            continue;
+        }
+        send_batch(&client, &shared, batch, closed).await;
+        last_flush = Instant::now();
+    }
+}
+
+/// One batch until it is delivered or must be dropped. While the endpoint is unavailable
+/// the batch is retried with exponential backoff (capped at 30 s); at shutdown (`closing`)
+/// a failed attempt drops it instead, so a flush deadline can hold.
+async fn send_batch(
+    client: &aws_sdk_xray::Client,
+    shared: &Shared,
+    batch: Vec<String>,
+    closing: bool,
+) {
+    let stats = &shared.stats;
+    let n = batch.len() as u64;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        let result = client
+            .put_trace_segments()
+            .set_trace_segment_documents(Some(batch.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let unprocessed = out.unprocessed_trace_segments();
+                for u in unprocessed {
+                    tracing::warn!(
+                        id = u.id().unwrap_or("(none)"),
+                        code = u.error_code().unwrap_or(""),
+                        "X-Ray did not process a segment: {}",
+                        u.message().unwrap_or("")
+                    );
+                }
+                stats
+                    .unprocessed
+                    .fetch_add(unprocessed.len() as u64, Ordering::Relaxed);
+                stats
+                    .sent
+                    .fetch_add(n - unprocessed.len() as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .last_call_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                return;
+            }
+            Err(e) if retryable(&e) && !shared.queue.lock().expect("queue lock").1 && !closing => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "PutTraceSegments failed ({}); retrying in {backoff:?}",
+                    describe(&e)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                stats.dropped_rejected.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(
+                    "PutTraceSegments failed ({}); dropping {n} documents",
+                    describe(&e)
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Throttling, server errors, timeouts and transport failures are worth another try.
+fn retryable(e: &SdkError<PutTraceSegmentsError>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            status == 429
+                || status >= 500
+                || matches!(s.err(), PutTraceSegmentsError::ThrottledException(_))
+        }
+        _ => false,
+    }
+}
+
+fn describe(e: &SdkError<PutTraceSegmentsError>) -> String {
+    match e {
+        SdkError::ServiceError(s) => format!("HTTP {}: {}", s.raw().status().as_u16(), s.err()),
+        SdkError::DispatchFailure(_) => "endpoint unreachable".to_owned(),
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        other => other.to_string(),
+    }
+}
