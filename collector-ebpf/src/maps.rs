@@ -87,6 +87,19 @@ pub const PROTO_IGNORED: u32 = 99;
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
 
+/// Local (address, port) of the collector's own TCP connections, so that when their peer is
+/// on this node (a local X-Ray endpoint) the accepting side is not traced either. Key: the
+/// IPv4 address (or the last 4 bytes of an IPv6 one) in network order, and the port.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Endpoint {
+    pub addr: u32,
+    pub port: u32,
+}
+
+#[map]
+pub static SELF_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4096, 0);
+
 /// Offsets of `tcp_sock.copied_seq` and `tcp_sock.write_seq` in the running kernel, read
 /// from its BTF by the collector at load time (never compiled in).
 #[unsafe(no_mangle)]

@@ -10,7 +10,9 @@ use collector_common::{
 
 use crate::{
     emit::{ConnInfo, emit_conn},
-    maps::{PROTO_IGNORED, SOCKS, SockState, count, current_task_excluded},
+    maps::{
+        Endpoint, PROTO_IGNORED, SELF_ENDPOINTS, SOCKS, SockState, count, current_task_excluded,
+    },
 };
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
@@ -68,6 +70,19 @@ fn open(ctx: &SockOpsContext, role: u32) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
+    // The accepting side of an excluded process's connection on this node.
+    // SAFETY: map lookup; only presence is used.
+    if role == ROLE_SERVER && unsafe { SELF_ENDPOINTS.get(remote_endpoint(ctx)) }.is_some() {
+        let _ = SOCKS.insert(
+            cookie,
+            SockState {
+                role,
+                proto: PROTO_IGNORED,
+            },
+            0,
+        );
+        return;
+    }
     if SOCKS
         .insert(
             cookie,
@@ -121,6 +136,9 @@ fn close(ctx: &SockOpsContext) {
     };
     let _ = SOCKS.remove(cookie);
     if state.proto == PROTO_IGNORED {
+        if state.role == ROLE_CLIENT {
+            let _ = SELF_ENDPOINTS.remove(local_endpoint(ctx));
+        }
         return;
     }
     count(Counter::ConnClosed);
@@ -139,6 +157,36 @@ fn close(ctx: &SockOpsContext) {
         recv_seq0: 0,
         send_seq0: 0,
     });
+}
+
+/// This socket's local address and port as an [`Endpoint`] key.
+#[inline(always)]
+fn local_endpoint(ctx: &SockOpsContext) -> Endpoint {
+    // SAFETY: context field loads at constant offsets.
+    let addr = if ctx.family() as u16 == AF_INET {
+        ctx.local_ip4()
+    } else {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ops).local_ip6[3])) }
+    };
+    Endpoint {
+        addr,
+        port: ctx.local_port(),
+    }
+}
+
+/// The peer's address and port, keyed like [`local_endpoint`] keys its own side.
+#[inline(always)]
+fn remote_endpoint(ctx: &SockOpsContext) -> Endpoint {
+    // SAFETY: as above.
+    let addr = if ctx.family() as u16 == AF_INET {
+        ctx.remote_ip4()
+    } else {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ops).remote_ip6[3])) }
+    };
+    Endpoint {
+        addr,
+        port: u32::from(remote_port(ctx.remote_port())),
+    }
 }
 
 #[inline(always)]

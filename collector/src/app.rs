@@ -177,6 +177,31 @@ fn summary<W: std::io::Write>(
             .map(|(k, v)| (k.to_owned(), v)),
         );
     }
+    if let Some(t) = pipeline.trace_stats() {
+        pairs.extend(
+            [
+                ("trace_segments", t.segments),
+                ("trace_subsegments_nested", t.subsegments_nested),
+                ("trace_subsegments_independent", t.subsegments_independent),
+                ("trace_client_segments", t.client_segments),
+                ("trace_linked_same_node", t.linked_same_node),
+                ("trace_linked_by_header", t.linked_by_header),
+                ("trace_parented_by_thread", t.parented_by_thread),
+                (
+                    "trace_parented_by_forwarded_header",
+                    t.parented_by_forwarded_header,
+                ),
+                ("trace_unparented_ambiguous", t.unparented_ambiguous),
+                (
+                    "trace_unparented_thread_hopping",
+                    t.unparented_thread_hopping,
+                ),
+                ("trace_not_sampled", t.not_sampled),
+                ("trace_forgotten", t.forgotten),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+    }
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={v}"))

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's front door. Every command first makes sure the machine can
 //! build the eBPF programs (see `setup`), then does its job.
 
+mod demo;
 mod setup;
 mod shell;
 
@@ -30,6 +31,18 @@ enum Command {
     },
     /// cargo fmt --check and clippy -D warnings on the userspace and the eBPF crates.
     Lint,
+    /// The demo, no SDK: service A calls service B for each request; the collector traces
+    /// both and prints the linked traces (extra ARGS go to `collector run`).
+    Demo {
+        /// Requests to send through A.
+        #[arg(long, default_value_t = 5)]
+        requests: u32,
+        /// Service A's runtime: python (a thread per request) or node (one event loop).
+        #[arg(long, default_value = "python")]
+        a: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,7 +64,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run { args } => {
             setup::build_chain()?;
             shell::step("building the collector", || {
-                shell::cargo(&["build", "--package", "collector"])
+                shell::cargo(&["build", "--bins"])
             })?;
             let bin = root.join("target/debug/collector");
             let mut cmd = if shell::is_root() {
@@ -78,10 +91,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Test { args } => {
             setup::build_chain()?;
             setup::test_tools()?;
+            let venv = setup::test_venv()?;
             shell::step("building", || shell::cargo(&["build", "--tests", "--bins"]))?;
             let mut test_args = vec!["test", "--no-fail-fast"];
             test_args.extend(args.iter().map(String::as_str));
+            // SAFETY: single-threaded at this point; the variable is read by the tests.
+            unsafe { std::env::set_var("COLLECTOR_TEST_VENV", &venv) };
             shell::cargo(&test_args)
+        }
+        Command::Demo { requests, a, args } => {
+            setup::build_chain()?;
+            shell::step("building the collector", || {
+                shell::cargo(&["build", "--bins"])
+            })?;
+            demo::run(&root, requests, &a, &args)
         }
         Command::Lint => {
             setup::build_chain()?;

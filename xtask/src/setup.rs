@@ -238,6 +238,43 @@ fn bpf_linker_llvm_major() -> Option<u32> {
     })
 }
 
+/// The Python environment of the X-Ray tests: `moto[server]` (an X-Ray API peer) and boto3,
+/// in a venv outside the work tree so it survives clean clones. Returns the venv directory.
+pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
+    let venv = home.join(".cache/collector-tests/venv");
+    let python = venv.join("bin/python");
+    let ready = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import moto, boto3, flask"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && venv.join("bin/moto_server").exists();
+    if ready {
+        eprintln!(
+            "xtask: ok: moto X-Ray API for the tests ({})",
+            venv.display()
+        );
+        return Ok(venv);
+    }
+    let by_hand = format!(
+        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]'",
+        venv.display()
+    );
+    shell::step(
+        "installing moto[server] into a venv for the X-Ray tests (once)",
+        || {
+            shell::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+                .with_context(|| format!("run by hand: {by_hand}"))?;
+            shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "moto[server]"]))
+                .with_context(|| format!("run by hand: {by_hand}"))
+        },
+    )?;
+    Ok(venv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
