@@ -152,13 +152,19 @@ pub fn current_process_comm() -> [u8; 16] {
     aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16])
 }
 
+/// Is the current task the collector?
+#[inline(always)]
+pub fn current_task_is_self() -> bool {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == setting_u32(&SELF_TGID)
+}
+
 /// Is the current task excluded from tracing (the collector itself, or by process name)?
 #[inline(always)]
 pub fn current_task_excluded() -> bool {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == setting_u32(&SELF_TGID) {
+    if current_task_is_self() {
         return true;
     }
+
     // SAFETY: map lookup; only presence is used.
     unsafe { EXCLUDED_COMMS.get(current_process_comm()) }.is_some()
 }

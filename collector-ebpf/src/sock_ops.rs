@@ -12,6 +12,7 @@ use crate::{
     emit::{ConnInfo, emit_conn},
     maps::{
         Endpoint, PROTO_IGNORED, SELF_ENDPOINTS, SOCKS, SockState, count, current_task_excluded,
+        current_task_is_self,
     },
 };
 
@@ -41,8 +42,16 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
                     proto: PROTO_IGNORED,
                 };
                 let _ = SOCKS.insert(cookie(ctx), state, 0);
+                // Only the collector's own connections: an excluded client (a load generator)
+                // still has its server traced.
+                if current_task_is_self() {
+                    let _ = SELF_ENDPOINTS.insert(local_endpoint(ctx), 1, 0);
+                    // To forget the endpoint at close.
+                    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+                }
             }
         }
+
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => open(ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => open(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => close(ctx),

@@ -64,7 +64,10 @@ impl XrayStats {
 
 struct Shared {
     queue: Mutex<(VecDeque<String>, bool)>, // (documents, closed)
+    /// A batch is due (50 waiting) or the queue closed.
     notify: Notify,
+    /// The queue closed: cuts a retry backoff short.
+    closed: Notify,
     stats: XrayStats,
     capacity: usize,
 }
@@ -108,6 +111,7 @@ impl XrayQueue {
     pub fn close(&self) {
         self.shared.queue.lock().expect("queue lock").1 = true;
         self.shared.notify.notify_one();
+        self.shared.closed.notify_one();
     }
 }
 
@@ -152,6 +156,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         queue: Mutex::new((VecDeque::new(), false)),
         notify: Notify::new(),
+        closed: Notify::new(),
+
         stats: XrayStats::default(),
         capacity: config.queue_size.max(MAX_BATCH),
     });
@@ -237,7 +243,11 @@ async fn send_batch(
                     "PutTraceSegments failed ({}); retrying in {backoff:?}",
                     describe(&e)
                 );
-                tokio::time::sleep(backoff).await;
+                // A stop cuts the wait short: one last attempt, then the queue drains.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.closed.notified() => {}
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {

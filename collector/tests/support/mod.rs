@@ -36,9 +36,14 @@ pub struct Collector {
 impl Collector {
     /// Starts the collector and waits until its hooks are attached.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -551,4 +556,108 @@ pub fn exchanges(lines: &[serde_json::Value]) -> Vec<SeenExchange> {
             flags: l["flags"].clone(),
         })
         .collect()
+}
+
+/// The venv with moto[server] and boto3 that `cargo xtask test` prepares. Like a privileged
+/// test, a test needing it fails under CI=true when it is missing, and skips loudly otherwise.
+pub fn test_venv() -> Option<std::path::PathBuf> {
+    match std::env::var_os("COLLECTOR_TEST_VENV").map(std::path::PathBuf::from) {
+        Some(v) if v.join("bin/moto_server").exists() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "CI=true: COLLECTOR_TEST_VENV must name the moto venv (cargo xtask test sets it)"
+            )
+        }
+        _ => {
+            eprintln!("SKIPPED (no moto venv): run through `cargo xtask test`");
+            None
+        }
+    }
+}
+
+/// A moto X-Ray API on 127.0.0.1:port.
+pub fn start_moto(venv: &Path, port: u16) -> KillOnDrop {
+    let child = Command::new(venv.join("bin/moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    let server = KillOnDrop(child);
+    wait_listening(port, Duration::from_secs(30));
+    server
+}
+
+/// Every trace moto holds for [start, end] (epoch seconds), via boto3.
+pub fn read_traces(venv: &Path, port: u16, start: f64, end: f64) -> Vec<serde_json::Value> {
+    let out = Command::new(venv.join("bin/python"))
+        .arg(apps_dir().join("xray_read.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(start.to_string())
+        .arg(end.to_string())
+        .output()
+        .expect("xray_read.py");
+    assert!(
+        out.status.success(),
+        "reading traces failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("xray_read.py prints JSON")
+}
+
+pub fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The demo's services: B (sleeps a random 0–200 ms, reports it) and A (calls B).
+pub struct Demo {
+    pub a_port: u16,
+    pub b_port: u16,
+    _a: KillOnDrop,
+    _b: KillOnDrop,
+}
+
+pub fn start_demo(node_a: bool) -> Demo {
+    let (a_port, b_port) = (free_port(), free_port());
+    let quiet = |mut c: Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        KillOnDrop(c.spawn().expect("demo service"))
+    };
+    let mut b = Command::new("python3");
+    b.arg(apps_dir().join("demo_b.py")).arg(b_port.to_string());
+    let b = quiet(b);
+    let mut a = if node_a {
+        let mut c = Command::new("node");
+        c.arg(apps_dir().join("demo_a.js"));
+        c
+    } else {
+        let mut c = Command::new("python3");
+        c.arg(apps_dir().join("demo_a.py"));
+        c
+    };
+    a.arg(a_port.to_string()).arg(b_port.to_string());
+    let a = quiet(a);
+    wait_listening(a_port, Duration::from_secs(15));
+    wait_listening(b_port, Duration::from_secs(15));
+    Demo {
+        a_port,
+        b_port,
+        _a: a,
+        _b: b,
+    }
+}
+
+/// One request through A with curl; returns B's reported sleep in ms.
+pub fn call_through_a(a_port: u16, nonce: &str) -> f64 {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .arg(format!("http://127.0.0.1:{a_port}/call/{nonce}"))
+        .output()
+        .expect("curl");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("A answered {:?}: {e}", String::from_utf8_lossy(&out.stdout)));
+    body["slept_ms"].as_f64().expect("slept_ms")
 }
