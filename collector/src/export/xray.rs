@@ -170,9 +170,9 @@ async fn send_loop(client: aws_sdk_xray::Client, shared: Arc<Shared>) {
     loop {
         let (batch, closed) = {
             let mut q = shared.queue.lock().expect("queue lock");
-            let due = q.0.len() >= MAX_BATCH || last_flush.elapsed() >= FLUSH_INTERVAL || q.1;
-            let n = if due { q.0.len().min(MAX_BATCH) } else { 0 };
-            (q.0.drain(..n).collect::<Vec<_>>(), q.1)
+            let interval_passed = last_flush.elapsed() >= FLUSH_INTERVAL;
+            let closed = q.1;
+            (next_batch(&mut q.0, interval_passed || closed), closed)
         };
         if batch.is_empty() {
             if closed {
@@ -262,8 +262,21 @@ async fn send_batch(
     }
 }
 
+/// The documents to send now: up to 50, once 50 are waiting or when `due` (the flush
+/// interval passed, or the queue is closing).
+fn next_batch(queue: &mut VecDeque<String>, due: bool) -> Vec<String> {
+    let n = if queue.len() >= MAX_BATCH || due {
+        queue.len().min(MAX_BATCH)
+    } else {
+        0
+    };
+    queue.drain(..n).collect()
+}
+
 /// Throttling, server errors, timeouts and transport failures are worth another try.
-fn retryable(e: &SdkError<PutTraceSegmentsError>) -> bool {
+fn retryable(
+
+e: &SdkError<PutTraceSegmentsError>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
@@ -284,5 +297,46 @@ fn describe(e: &SdkError<PutTraceSegmentsError>) -> String {
         SdkError::DispatchFailure(_) => "endpoint unreachable".to_owned(),
         SdkError::TimeoutError(_) => "timed out".to_owned(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_50_documents_and_wait_for_50_or_the_interval() {
+        let mut q: VecDeque<String> = (0..120).map(|i| i.to_string()).collect();
+        assert_eq!(next_batch(&mut q, false).len(), 50);
+        assert_eq!(next_batch(&mut q, false).len(), 50);
+        assert!(
+            next_batch(&mut q, false).is_empty(),
+            "20 wait for more or for the interval"
+        );
+        let last = next_batch(&mut q, true);
+        assert_eq!((last.len(), last[0].as_str()), (20, "100"), "oldest first");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_and_counts_it() {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new((VecDeque::new(), false)),
+            notify: Notify::new(),
+            closed: Notify::new(),
+            stats: XrayStats::default(),
+            capacity: 50,
+        });
+        let q = XrayQueue { shared };
+        for i in 0..60 {
+            q.push(i.to_string());
+        }
+        assert_eq!(q.len(), 50);
+        assert_eq!(q.stats().dropped_queue_full.load(Ordering::Relaxed), 10);
+        assert_eq!(q.stats().queued.load(Ordering::Relaxed), 60);
+        assert_eq!(
+            q.shared.queue.lock().unwrap().0.front().map(String::as_str),
+            Some("10")
+        );
     }
 }
