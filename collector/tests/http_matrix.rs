@@ -19,7 +19,15 @@ fn run_matrix(app: App, path: &str) {
         return;
     }
     let _serial = serial();
-    let collector = Collector::start(&["--capture-path", path, "--format", "json"]);
+    let collector = Collector::start(&[
+        "--capture-path",
+        path,
+        "--exporter",
+        "exchanges",
+        "--format",
+        "json",
+    ]);
+
     let server = start_server(app);
     let port = server.port;
     let run = unique("m");

@@ -22,6 +22,8 @@ fn run_load(path: &str) {
     let collector = Collector::start(&[
         "--capture-path",
         path,
+        "--exporter",
+        "exchanges",
         "--format",
         "json",
         "--exclude-process",

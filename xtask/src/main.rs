@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's front door. Every command first makes sure the machine can
 //! build the eBPF programs (see `setup`), then does its job.
 
+mod bench;
 mod demo;
+
 mod setup;
 mod shell;
 
@@ -31,6 +33,18 @@ enum Command {
     },
     /// cargo fmt --check and clippy -D warnings on the userspace and the eBPF crates.
     Lint,
+    /// What the collector costs, measured side by side in one run (see xtask/src/bench.rs).
+    Bench {
+        /// Repetitions of each measurement (collector off/on interleaved).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Seconds of load per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Fixed rates (req/s) besides saturation.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 30000])]
+        rates: Vec<u32>,
+    },
     /// The demo, no SDK: service A calls service B for each request; the collector traces
     /// both and prints the linked traces (extra ARGS go to `collector run`).
     Demo {
@@ -99,6 +113,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             unsafe { std::env::set_var("COLLECTOR_TEST_VENV", &venv) };
             shell::cargo(&test_args)
         }
+        Command::Bench {
+            reps,
+            seconds,
+            rates,
+        } => bench::run(
+            &root,
+            &bench::BenchOptions {
+                reps,
+                seconds,
+                rates,
+            },
+        ),
         Command::Demo { requests, a, args } => {
             setup::build_chain()?;
             shell::step("building the collector", || {

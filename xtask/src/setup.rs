@@ -134,7 +134,7 @@ fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
     v.split('.').next()?.trim().parse().ok()
 }
 
-fn debian_packages(why: &str, packages: &[&str]) -> anyhow::Result<()> {
+pub fn debian_packages(why: &str, packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()

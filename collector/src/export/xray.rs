@@ -274,9 +274,7 @@ fn next_batch(queue: &mut VecDeque<String>, due: bool) -> Vec<String> {
 }
 
 /// Throttling, server errors, timeouts and transport failures are worth another try.
-fn retryable(
-
-e: &SdkError<PutTraceSegmentsError>) -> bool {
+fn retryable(e: &SdkError<PutTraceSegmentsError>) -> bool {
     match e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
