@@ -16,14 +16,14 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque},
     net::SocketAddr,
 };
 
 use super::{
     document::{
-        Http, HttpRequest, HttpResponse, Segment, annotation_key, bounded, epoch_seconds,
-        sanitize_name,
+        AwsBlock, Http, HttpRequest, HttpResponse, Segment, XrayBlock, annotation_key, bounded,
+        epoch_seconds, sanitize_name,
     },
     header,
     ids::{new_span_id, new_trace_id},
@@ -51,7 +51,7 @@ impl Default for TraceConfig {
         Self {
             service_name: None,
             hold_ns: 500_000_000,
-            keep_ns: 30_000_000_000,
+            keep_ns: 2_000_000_000,
             max_requests: 100_000,
         }
     }
@@ -113,9 +113,36 @@ struct Req {
     emitted: bool,
 }
 
-impl Req {
-    fn in_flight_at(&self, t: u64) -> bool {
-        self.start.start_ns <= t && self.end_ns.is_none_or(|e| e >= t)
+/// The inbound requests a thread served: the ones still open by start, and the ended ones by
+/// end, so "what was in flight at t" only looks at requests that were open at t.
+#[derive(Default)]
+struct ThreadRequests {
+    open: BTreeSet<(u64, Key)>,
+    ended: BTreeMap<(u64, Key), u64>, // (end, key) → start
+}
+
+impl ThreadRequests {
+    /// Up to two requests in flight at `t`: two are enough to call it ambiguous.
+    fn in_flight_at(&self, t: u64) -> Vec<Key> {
+        let mut found: Vec<Key> = self
+            .open
+            .range(..=(t, (u64::MAX, u64::MAX)))
+            .take(2)
+            .map(|(_, k)| *k)
+            .collect();
+        for ((_, k), start) in self.ended.range((t, (0, 0))..) {
+            if found.len() >= 2 {
+                break;
+            }
+            if *start <= t {
+                found.push(*k);
+            }
+        }
+        found
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.ended.is_empty()
     }
 }
 
@@ -123,12 +150,21 @@ pub struct TraceAssembler<P: ProcessInfo> {
     config: TraceConfig,
     clock: Clock,
     procs: P,
-    reqs: HashMap<Key, Req>,
-    servers_by_thread: HashMap<(u32, u32), Vec<Key>>,
-    servers_by_pid: HashMap<u32, Vec<Key>>,
+    reqs: HashMap<Key, Box<Req>>,
+    servers_by_thread: HashMap<(u32, u32), ThreadRequests>,
+    /// Inbound requests whose trace id came in a header, by (pid, trace id): what an app that
+    /// forwards that header is serving.
+    servers_by_trace: HashMap<(u32, String), Vec<Key>>,
+    /// Requests in the order they started (to forget the oldest when full), and emitted ones
+    /// in the order they were emitted — by end time, through `ready` — to forget them after
+    /// `keep`. Both are consumed from the front; keys already forgotten are skipped there.
+    by_start: VecDeque<Key>,
+    finished: VecDeque<(u64, Key)>,
     clients_by_link: HashMap<(SocketAddr, SocketAddr, u64), Key>,
     /// Finished exchanges by end time, waiting for `hold`.
     ready: BinaryHeap<Reverse<(u64, Key)>>,
+    /// Service names by pid (bounded: cleared when full).
+    names: HashMap<u32, String>,
     pub stats: TraceStats,
 }
 
@@ -140,9 +176,13 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             procs,
             reqs: HashMap::new(),
             servers_by_thread: HashMap::new(),
-            servers_by_pid: HashMap::new(),
+            servers_by_trace: HashMap::new(),
+            by_start: VecDeque::new(),
+            finished: VecDeque::new(),
             clients_by_link: HashMap::new(),
             ready: BinaryHeap::new(),
+            names: HashMap::new(),
+
             stats: TraceStats::default(),
         }
     }
@@ -192,10 +232,17 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 self.servers_by_thread
                     .entry((start.pid, start.tid))
                     .or_default()
-                    .push(key);
-                self.servers_by_pid.entry(start.pid).or_default().push(key);
+                    .open
+                    .insert((start.start_ns, key));
+                if let Some(root) = incoming_trace_id(&start, self.epoch_secs(start.start_ns)) {
+                    self.servers_by_trace
+                        .entry((start.pid, root))
+                        .or_default()
+                        .push(key);
+                }
             }
         }
+        self.by_start.push_back(key);
         let req = Req {
             start,
             conn,
@@ -208,7 +255,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             linked: false,
             emitted: false,
         };
-        self.reqs.insert(key, req);
+        self.reqs.insert(key, Box::new(req));
     }
 
     fn done(&mut self, e: ConnExchange) {
@@ -219,6 +266,14 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         };
         req.end_ns = Some(end);
         req.exchange = Some(e);
+        if req.start.role != Role::Client
+            && let Some(t) = self
+                .servers_by_thread
+                .get_mut(&(req.start.pid, req.start.tid))
+        {
+            t.open.remove(&(req.start.start_ns, key));
+            t.ended.insert((end, key), req.start.start_ns);
+        }
         self.ready.push(Reverse((end, key)));
     }
 
@@ -239,6 +294,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         req.emitted = true;
         if identity.sampled == Some(false) {
             self.stats.not_sampled += 1;
+            self.emitted(key);
             return;
         }
         if identity.via_link {
@@ -254,9 +310,11 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 segment.subsegments.push(sub);
                 self.stats.subsegments_nested += 1;
             }
+            self.emitted(c);
         }
         self.stats.segments += 1;
         out.push(segment);
+        self.emitted(key);
     }
 
     fn emit_client(&mut self, key: Key, out: &mut Vec<Segment>) {
@@ -272,12 +330,16 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         self.reqs.get_mut(&key).expect("present").emitted = true;
         if identity.sampled == Some(false) {
             self.stats.not_sampled += 1;
+            self.emitted(key);
             return;
         }
         match parent {
+            // Nested: the parent's segment carries it, and releases it once built.
             Some(p) if self.reqs.get(&p).is_some_and(|r| !r.emitted) => {
                 self.reqs.get_mut(&p).expect("checked").children.push(key);
+                return;
             }
+
             Some(p) => {
                 // The inbound request's segment already left: send this one on its own.
                 let parent_id = self.reqs.get(&p).map(|r| r.span_id.clone());
@@ -317,6 +379,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 out.push(segment);
             }
         }
+        self.emitted(key);
     }
 
     /// Which inbound request an outbound call belongs to (memoized).
@@ -326,26 +389,22 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             return p;
         }
         let (pid, tid, t) = (req.start.pid, req.start.tid, req.start.start_ns);
-        let forwarded = header::incoming(
-            req.start.request.x_amzn_trace_id.as_deref(),
-            req.start.request.traceparent.as_deref(),
-            self.epoch_secs(t),
-        )
-        .trace_id;
+        let forwarded = incoming_trace_id(&req.start, self.epoch_secs(t));
         let decision = if let Some(root) = forwarded {
-            // The app forwarded a trace id: the inbound request of that trace in flight in the
-            // same process owns the call.
-            let candidates: Vec<Key> = self
-                .servers_by_pid
-                .get(&pid)
+            // The app forwarded a trace id it received: the inbound request of that trace in
+            // flight in the same process owns the call.
+            let matching: Vec<Key> = self
+                .servers_by_trace
+                .get(&(pid, root))
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|k| self.reqs.get(k).is_some_and(|r| r.in_flight_at(t)))
-                .collect();
-            let matching: Vec<Key> = candidates
-                .into_iter()
-                .filter(|k| self.identity(*k, 0).trace_id == root)
+                .filter(|k| {
+                    self.reqs
+                        .get(k)
+                        .is_some_and(|r| r.start.start_ns <= t && r.end_ns.is_none_or(|e| e >= t))
+                })
+                .take(2)
                 .collect();
             match matching.as_slice() {
                 [one] => (Some(*one), ParentReason::ForwardedHeader),
@@ -358,11 +417,8 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             let in_flight: Vec<Key> = self
                 .servers_by_thread
                 .get(&(pid, tid))
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|k| self.reqs.get(k).is_some_and(|r| r.in_flight_at(t)))
-                .collect();
+                .map(|r| r.in_flight_at(t))
+                .unwrap_or_default();
             match in_flight.as_slice() {
                 [one] => (Some(*one), ParentReason::Thread),
                 [] => (None, ParentReason::NoneInFlight),
@@ -565,41 +621,73 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         if let Some(name) = &self.config.service_name {
             return sanitize_name(name);
         }
-        let (pid, fallback) = match self.reqs.get(&key) {
-            Some(r) => (r.start.pid, r.conn.comm.clone()),
-            None => return "unknown".to_owned(),
+        let Some(r) = self.reqs.get(&key) else {
+            return "unknown".to_owned();
         };
+        let pid = r.start.pid;
+        if let Some(name) = self.names.get(&pid) {
+            return name.clone();
+        }
+        let fallback = r.conn.comm.clone();
         let name = self.procs.name(pid);
-        sanitize_name(if name.is_empty() { &fallback } else { &name })
+        let name = sanitize_name(if name.is_empty() { &fallback } else { &name });
+        if self.names.len() >= 4096 {
+            self.names.clear();
+        }
+        self.names.insert(pid, name.clone());
+        name
     }
 
     fn epoch_secs(&self, ktime_ns: u64) -> u64 {
         self.clock.epoch_seconds(ktime_ns).max(0.0) as u64
     }
 
-    /// Forgets finished, emitted requests older than `keep`.
+    /// Forgets emitted requests that ended more than `keep` ago.
     fn forget(&mut self, now_ns: u64) {
         let keep = self.config.keep_ns;
-        let old: Vec<Key> = self
-            .reqs
-            .iter()
-            .filter(|(_, r)| r.emitted && r.end_ns.is_some_and(|e| e.saturating_add(keep) < now_ns))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in old {
-            self.remove(k);
+        while let Some(&(end, key)) = self.finished.front() {
+            if end.saturating_add(keep) >= now_ns {
+                break;
+            }
+            self.finished.pop_front();
+            self.remove(key);
+        }
+        while self
+            .by_start
+            .front()
+            .is_some_and(|k| !self.reqs.contains_key(k))
+        {
+            self.by_start.pop_front();
         }
     }
 
+    /// Makes room: the request that started first goes (counted).
     fn forget_oldest(&mut self) {
-        if let Some(k) = self
-            .reqs
-            .iter()
-            .min_by_key(|(_, r)| r.start.start_ns)
-            .map(|(k, _)| *k)
-        {
-            self.remove(k);
-            self.stats.forgotten += 1;
+        while let Some(key) = self.by_start.pop_front() {
+            if self.reqs.contains_key(&key) {
+                self.remove(key);
+                self.stats.forgotten += 1;
+                return;
+            }
+        }
+    }
+
+    /// Once a request's documents are out, only what links and parenting still need is kept.
+    fn emitted(&mut self, key: Key) {
+        if let Some(r) = self.reqs.get_mut(&key) {
+            r.emitted = true;
+            r.exchange = None;
+            r.children = Vec::new();
+            // The head's strings are no longer needed, except a forwarded trace id, which
+            // `remove` uses to find the request in its index.
+            let head = std::mem::take(&mut r.start.request);
+            r.start.request.x_amzn_trace_id = head.x_amzn_trace_id;
+            r.start.request.traceparent = head.traceparent;
+            r.conn.comm = String::new();
+
+            if let Some(end) = r.end_ns {
+                self.finished.push_back((end, key));
+            }
         }
     }
 
@@ -607,22 +695,41 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         let Some(r) = self.reqs.remove(&key) else {
             return;
         };
-        if let Some(v) = self.servers_by_thread.get_mut(&(r.start.pid, r.start.tid)) {
-            v.retain(|k| *k != key);
-            if v.is_empty() {
-                self.servers_by_thread.remove(&(r.start.pid, r.start.tid));
+        let thread = (r.start.pid, r.start.tid);
+        if let Some(t) = self.servers_by_thread.get_mut(&thread) {
+            t.open.remove(&(r.start.start_ns, key));
+            if let Some(end) = r.end_ns {
+                t.ended.remove(&(end, key));
+            }
+            if t.is_empty() {
+                self.servers_by_thread.remove(&thread);
             }
         }
-        if let Some(v) = self.servers_by_pid.get_mut(&r.start.pid) {
+        if let Some(root) = incoming_trace_id(&r.start, self.epoch_secs(r.start.start_ns))
+            && let Some(v) = self.servers_by_trace.get_mut(&(r.start.pid, root.clone()))
+        {
             v.retain(|k| *k != key);
             if v.is_empty() {
-                self.servers_by_pid.remove(&r.start.pid);
+                self.servers_by_trace.remove(&(r.start.pid, root));
             }
         }
         if let (Some(local), Some(remote)) = (r.conn.local, r.conn.remote) {
             self.clients_by_link.remove(&(local, remote, r.start.index));
         }
     }
+}
+
+/// The trace id a request carries in X-Amzn-Trace-Id or traceparent.
+fn incoming_trace_id(start: &RequestStart, now_secs: u64) -> Option<String> {
+    if start.request.x_amzn_trace_id.is_none() && start.request.traceparent.is_none() {
+        return None;
+    }
+    header::incoming(
+        start.request.x_amzn_trace_id.as_deref(),
+        start.request.traceparent.as_deref(),
+        now_secs,
+    )
+    .trace_id
 }
 
 fn response(e: &ConnExchange) -> Option<HttpResponse> {
@@ -644,8 +751,14 @@ fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
 }
 
 /// Says who made the segment, as the SDKs do.
-fn xray_block() -> serde_json::Value {
-    serde_json::json!({"xray": {"sdk": "ebpf-collector", "sdk_version": env!("CARGO_PKG_VERSION"), "auto_instrumentation": true}})
+fn xray_block() -> AwsBlock {
+    AwsBlock {
+        xray: XrayBlock {
+            sdk: "ebpf-collector",
+            sdk_version: env!("CARGO_PKG_VERSION"),
+            auto_instrumentation: true,
+        },
+    }
 }
 
 #[cfg(test)]

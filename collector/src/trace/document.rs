@@ -42,9 +42,22 @@ pub struct Segment {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aws: Option<serde_json::Value>,
+    pub aws: Option<AwsBlock>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsegments: Vec<Segment>,
+}
+
+/// The `aws` block: who made the segment (as the SDKs say it).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AwsBlock {
+    pub xray: XrayBlock,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct XrayBlock {
+    pub sdk: &'static str,
+    pub sdk_version: &'static str,
+    pub auto_instrumentation: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
