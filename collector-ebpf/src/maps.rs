@@ -64,6 +64,8 @@ pub struct PendingCall {
     pub ptr: u64,
     pub fd: u32,
     pub kind: u32,
+    /// The iovec count, for readv/writev (the exit record carries no arguments).
+    pub count: u64,
 }
 
 pub const PENDING_BUF: u32 = 0;

@@ -9,6 +9,7 @@
 //! /sys/kernel/tracing/events/syscalls/*/format.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
@@ -34,8 +35,10 @@ const EINPROGRESS: i64 = 115;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, i64> {
+    // A direct load from the record (the verifier checks it lies inside), not
+    // bpf_probe_read_kernel: these run on every read and write on the node.
     // SAFETY: offsets lie inside every syscall tracepoint record.
-    unsafe { ctx.read_at::<u64>(offset) }.map_err(|e| e as i64)
+    Ok(unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const u64) })
 }
 
 #[inline(always)]
@@ -108,6 +111,7 @@ fn save_pending(id: u64, ptr: u64, fd: u32) {
                 ptr,
                 fd,
                 kind: PENDING_ADDR,
+                count: 0,
             },
             0,
         )
@@ -295,6 +299,11 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     } else {
         arg(ctx, ARG1)?
     };
+    let iov_count = if KIND == PENDING_IOV {
+        arg(ctx, ARG2)?
+    } else {
+        0
+    };
     if PENDING
         .insert(
             id,
@@ -302,6 +311,7 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
                 ptr,
                 fd,
                 kind: KIND,
+                count: iov_count,
             },
             0,
         )
@@ -314,10 +324,11 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// Where the bytes of a finished call are, from what its entry saved.
 #[inline(always)]
-fn payload_of<const KIND: u32>(call: &PendingCall, ctx: &TracePointContext) -> Payload {
+fn payload_of<const KIND: u32>(call: &PendingCall) -> Payload {
     match KIND {
         PENDING_BUF => Payload::User(call.ptr),
-        PENDING_IOV => Payload::Iov(call.ptr, arg(ctx, ARG2).unwrap_or(0)),
+        PENDING_IOV => Payload::Iov(call.ptr, call.count),
+
         PENDING_MSG => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24 (the LP64 user ABI).
             // SAFETY: user memory read through the checked helper.
@@ -353,7 +364,7 @@ fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Resu
     };
     // SAFETY: map value pointer valid for this program run.
     let state = unsafe { &mut *state };
-    let payload = payload_of::<KIND>(&call, ctx);
+    let payload = payload_of::<KIND>(&call);
     if state.proto == PROTO_UNKNOWN {
         let (first, known) = first_bytes(payload, ret as u64);
         match classify_http_start(&first, known) {

@@ -12,7 +12,7 @@ use crate::{
         xray::{self, XrayConfig},
     },
     http::TrackerLimits,
-    pipeline::{Pipeline, TraceSink},
+    pipeline::Pipeline,
     source::{
         Assembler,
         clock::{Clock, monotonic_now_ns},
@@ -57,7 +57,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
         }
         ExporterKind::Stdout => Pipeline::traces(
-            TraceSink::Stdout(TracePrinter::new(stdout, args.format)),
+            Box::new(TracePrinter::new(stdout, args.format)),
             clock,
             TrackerLimits::default(),
             trace_config,
@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await?;
             xray = Some((queue.clone(), task));
             Pipeline::traces(
-                TraceSink::Xray(queue),
+                Box::new(queue),
                 clock,
                 TrackerLimits::default(),
                 trace_config,

@@ -4,20 +4,11 @@
 use std::io::Write;
 
 use crate::{
-    export::{
-        OutputFormat, events::EventPrinter, exchanges::ExchangePrinter, traces::TracePrinter,
-        xray::XrayQueue,
-    },
+    export::{OutputFormat, SegmentExporter, events::EventPrinter, exchanges::ExchangePrinter},
     http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
     source::{clock::Clock, event::KernelEvent},
     trace::{Segment, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
 };
-
-/// Where finished segments go.
-pub enum TraceSink<W: Write> {
-    Stdout(TracePrinter<W>),
-    Xray(XrayQueue),
-}
 
 #[expect(clippy::large_enum_variant, reason = "one per collector")]
 pub enum Pipeline<W: Write> {
@@ -33,7 +24,7 @@ pub enum Pipeline<W: Write> {
     Traces {
         tracker: HttpTracker,
         assembler: TraceAssembler<ProcFs>,
-        sink: TraceSink<W>,
+        exporter: Box<dyn SegmentExporter>,
         http: Vec<HttpOut>,
         segments: Vec<Segment>,
     },
@@ -53,7 +44,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn traces(
-        sink: TraceSink<W>,
+        exporter: Box<dyn SegmentExporter>,
         clock: Clock,
         limits: TrackerLimits,
         config: TraceConfig,
@@ -61,7 +52,7 @@ impl<W: Write> Pipeline<W> {
         Self::Traces {
             tracker: HttpTracker::new(limits),
             assembler: TraceAssembler::new(config, clock, ProcFs::default()),
-            sink,
+            exporter,
             http: Vec::new(),
             segments: Vec::new(),
         }
@@ -107,14 +98,14 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                sink,
+                exporter,
                 http,
                 segments,
             } => {
                 tracker.expire(now_ns, http);
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, segments);
-                send(sink, segments)
+                exporter.export(segments)
             }
         }
     }
@@ -134,14 +125,14 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                sink,
+                exporter,
                 http,
                 segments,
             } => {
                 tracker.close_all(http);
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(segments);
-                send(sink, segments)
+                exporter.export(segments)
             }
         }
     }
@@ -150,14 +141,7 @@ impl<W: Write> Pipeline<W> {
         match self {
             Self::Events(p) => p.flush(),
             Self::Exchanges { printer, .. } => printer.flush(),
-            Self::Traces {
-                sink: TraceSink::Stdout(p),
-                ..
-            } => p.flush(),
-            Self::Traces {
-                sink: TraceSink::Xray(_),
-                ..
-            } => Ok(()),
+            Self::Traces { exporter, .. } => exporter.flush(),
         }
     }
 
@@ -182,16 +166,6 @@ fn export<W: Write>(
 ) -> std::io::Result<()> {
     for e in batch.drain(..).filter_map(HttpOut::into_exchange) {
         printer.export(&e)?;
-    }
-    Ok(())
-}
-
-fn send<W: Write>(sink: &mut TraceSink<W>, segments: &mut Vec<Segment>) -> std::io::Result<()> {
-    for s in segments.drain(..) {
-        match sink {
-            TraceSink::Stdout(p) => p.export(s)?,
-            TraceSink::Xray(q) => s.into_documents().into_iter().for_each(|d| q.push(d)),
-        }
     }
     Ok(())
 }

@@ -44,6 +44,9 @@ enum Command {
         /// Fixed rates (req/s) besides saturation.
         #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 30000])]
         rates: Vec<u32>,
+        /// Parts to run: servers, not-http.
+        #[arg(long, value_delimiter = ',', default_values_t = ["servers".to_owned(), "not-http".to_owned()])]
+        parts: Vec<String>,
     },
     /// The demo, no SDK: service A calls service B for each request; the collector traces
     /// both and prints the linked traces (extra ARGS go to `collector run`).
@@ -117,14 +120,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             reps,
             seconds,
             rates,
-        } => bench::run(
-            &root,
-            &bench::BenchOptions {
-                reps,
-                seconds,
-                rates,
-            },
-        ),
+            parts,
+        } => {
+            let servers = parts.iter().any(|p| p == "servers");
+            let not_http = parts.iter().any(|p| p == "not-http");
+            bench::run(
+                &root,
+                &bench::BenchOptions {
+                    reps,
+                    seconds,
+                    rates,
+                    servers,
+                    not_http,
+                },
+            )
+        }
+
         Command::Demo { requests, a, args } => {
             setup::build_chain()?;
             shell::step("building the collector", || {

@@ -5,6 +5,19 @@ pub mod exchanges;
 pub mod traces;
 pub mod xray;
 
+use crate::trace::Segment;
+
+/// The exporter contract for segments (OpenTelemetry's SpanExporter, for X-Ray): the
+/// pipeline hands over batches of finished segments, one call at a time, never concurrently.
+/// `export` must not wait on a network: an exporter that talks to a service keeps a bounded
+/// queue, counts what it drops, and sends from its own task with its own deadlines.
+pub trait SegmentExporter {
+    /// Takes the batch (leaving it empty).
+    fn export(&mut self, batch: &mut Vec<Segment>) -> std::io::Result<()>;
+    /// Writes out anything buffered.
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// One human-readable line per record.

@@ -37,6 +37,18 @@ impl<W: Write> TracePrinter<W> {
     }
 }
 
+impl<W: Write> super::SegmentExporter for TracePrinter<W> {
+    fn export(&mut self, batch: &mut Vec<Segment>) -> std::io::Result<()> {
+        batch
+            .drain(..)
+            .try_for_each(|s| TracePrinter::export(self, s))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        TracePrinter::flush(self)
+    }
+}
+
 /// ```text
 /// trace 1-6745a1b2-…  segment 53995c3f42cd8ad8 (parent 3a1b…)
 ///   python3   GET http://a:8000/x 200  210.400ms |████████████████████████████████████████|

@@ -115,6 +115,20 @@ impl XrayQueue {
     }
 }
 
+impl super::SegmentExporter for XrayQueue {
+    /// Queues the batch's documents (splitting segments above 64 kB); never waits.
+    fn export(&mut self, batch: &mut Vec<crate::trace::Segment>) -> std::io::Result<()> {
+        for s in batch.drain(..) {
+            s.into_documents().into_iter().for_each(|d| self.push(d));
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Builds the client from aws-config's default chain (env, profile, IRSA web identity, ECS,
 /// IMDS) and starts the sender task.
 pub async fn start(
