@@ -6,12 +6,11 @@
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
 use collector_common::{
     Counter, DATA_FLAG_HAS_TAIL, DIR_RECV, DIR_SEND, EVENT_PACKET, MAX_CAPTURE_BYTES,
-    PACKET_HEADER_SIZE, PROTO_HTTP, PROTO_OTHER, PROTO_UNKNOWN, PacketHeader, TAIL_BYTES,
-    classify_http_start,
+    PACKET_HEADER_SIZE, PROTO_OTHER, PROTO_UNKNOWN, PacketHeader, TAIL_BYTES,
 };
 
 use crate::{
-    emit::{capture_limit, output_scratch, scratch},
+    emit::{capture_limit, output_scratch, scratch, still_http},
     maps::{PROTO_IGNORED, SOCKS, count},
 };
 
@@ -65,14 +64,8 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         } else {
             0
         };
-        match classify_http_start(&first, known) {
-            Some(true) => state.proto = PROTO_HTTP,
-            Some(false) => {
-                state.proto = PROTO_OTHER;
-                count(Counter::NotHttp);
-                return Ok(());
-            }
-            None => {}
+        if !still_http(&mut state.proto, &first, known) {
+            return Ok(());
         }
     }
 

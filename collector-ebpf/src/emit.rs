@@ -5,7 +5,8 @@ use aya_ebpf::helpers::{
 };
 use collector_common::{
     ConnEvent, Counter, DATA_FLAG_HAS_TAIL, DATA_FLAG_READ_FAILED, DATA_HEADER_SIZE, DataHeader,
-    EVENT_DATA, MAX_CAPTURE_BYTES, TAIL_BYTES,
+    EVENT_DATA, MAX_CAPTURE_BYTES, PROTO_HTTP, PROTO_OTHER, PROTO_UNKNOWN, TAIL_BYTES,
+    classify_http_start,
 };
 
 use crate::maps::{
@@ -29,6 +30,25 @@ pub fn wakeup_flag() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// Decides, from a connection's first bytes, whether it speaks HTTP/1.x. Returns false when
+/// it does not: the caller stops, and from then on the connection costs one lookup.
+#[inline(always)]
+pub fn still_http(proto: &mut u32, first: &[u8; 4], known: usize) -> bool {
+    if *proto != PROTO_UNKNOWN {
+        return *proto != PROTO_OTHER;
+    }
+    match classify_http_start(first, known) {
+        Some(true) => *proto = PROTO_HTTP,
+        Some(false) => {
+            *proto = PROTO_OTHER;
+            count(Counter::NotHttp);
+            return false;
+        }
+        None => {}
+    }
+    true
 }
 
 /// The payload bound for this call: the run-time setting, never above the compiled bound.

@@ -15,12 +15,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use collector_common::{
-    AF_INET, AF_INET6, Counter, DIR_RECV, DIR_SEND, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, PROTO_HTTP,
-    PROTO_OTHER, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER, classify_http_start,
+    AF_INET, AF_INET6, Counter, DIR_RECV, DIR_SEND, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, PROTO_OTHER,
+    PROTO_UNKNOWN, ROLE_CLIENT, ROLE_SERVER,
 };
 
 use crate::{
-    emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes},
+    emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
     maps::{
         CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
         PENDING_MSG, PendingCall, SockKey, count, current_task_excluded,
@@ -367,14 +367,8 @@ fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Resu
     let payload = payload_of::<KIND>(&call);
     if state.proto == PROTO_UNKNOWN {
         let (first, known) = first_bytes(payload, ret as u64);
-        match classify_http_start(&first, known) {
-            Some(true) => state.proto = PROTO_HTTP,
-            Some(false) => {
-                state.proto = PROTO_OTHER;
-                count(Counter::NotHttp);
-                return Ok(());
-            }
-            None => {}
+        if !still_http(&mut state.proto, &first, known) {
+            return Ok(());
         }
     }
     let offset = if direction == DIR_RECV {

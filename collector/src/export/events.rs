@@ -55,13 +55,7 @@ impl<W: Write> EventPrinter<W> {
             }
             KernelEvent::Data(d) => self.data_line(d),
         };
-        match self.format {
-            OutputFormat::Json => {
-                serde_json::to_writer(&mut self.out, &line)?;
-                self.out.write_all(b"\n")
-            }
-            OutputFormat::Text => writeln!(self.out, "{}", text(&line)),
-        }
+        super::write_line(&mut self.out, self.format, &line, text)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

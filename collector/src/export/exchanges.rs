@@ -76,13 +76,7 @@ impl<W: Write> ExchangePrinter<W> {
             remote: e.conn.remote.map(|a| a.to_string()),
             flags: x.flags,
         };
-        match self.format {
-            OutputFormat::Json => {
-                serde_json::to_writer(&mut self.out, &line)?;
-                self.out.write_all(b"\n")
-            }
-            OutputFormat::Text => writeln!(self.out, "{}", text(&line)),
-        }
+        super::write_line(&mut self.out, self.format, &line, text)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

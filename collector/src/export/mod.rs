@@ -18,6 +18,22 @@ pub trait SegmentExporter {
     fn flush(&mut self) -> std::io::Result<()>;
 }
 
+/// Writes one record: as a JSON object on a line, or as its text line.
+pub fn write_line<W: std::io::Write, T: serde::Serialize>(
+    out: &mut W,
+    format: OutputFormat,
+    record: &T,
+    text: impl FnOnce(&T) -> String,
+) -> std::io::Result<()> {
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer(&mut *out, record)?;
+            out.write_all(b"\n")
+        }
+        OutputFormat::Text => writeln!(out, "{}", text(record)),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// One human-readable line per record.

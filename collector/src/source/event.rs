@@ -133,15 +133,13 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
         }
         EVENT_DATA => {
             let raw: DataHeader = read_pod(record, DATA_HEADER_SIZE)?;
-            let body = &record[DATA_HEADER_SIZE..];
-            let captured = raw.captured_len as usize;
-            if body.len() < captured {
-                return Err(DecodeError::PayloadLength {
-                    claimed: captured,
-                    actual: body.len(),
-                });
-            }
-            let tail_len = (raw.tail_len as usize).min(raw.tail.len());
+            let (payload, tail) = payload_and_tail(
+                &record[DATA_HEADER_SIZE..],
+                raw.captured_len,
+                raw.flags,
+                &raw.tail,
+                raw.tail_len,
+            )?;
             Ok(Record::Event(KernelEvent::Data(DataRecord {
                 ts_ns: raw.ts_ns,
                 conn_id: raw.conn_id,
@@ -150,32 +148,28 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
                 tid: raw.tid,
                 stream_offset: raw.stream_offset,
                 total_len: raw.total_len,
-                payload: body[..captured].to_vec(),
-                tail: (raw.flags & DATA_FLAG_HAS_TAIL != 0)
-                    .then(|| raw.tail[raw.tail.len() - tail_len..].to_vec()),
+                payload,
+                tail,
                 payload_missing: raw.flags & DATA_FLAG_READ_FAILED != 0,
             })))
         }
         EVENT_PACKET => {
             let raw: PacketHeader = read_pod(record, PACKET_HEADER_SIZE)?;
-            let body = &record[PACKET_HEADER_SIZE..];
-            let captured = raw.captured_len as usize;
-            if body.len() < captured {
-                return Err(DecodeError::PayloadLength {
-                    claimed: captured,
-                    actual: body.len(),
-                });
-            }
-            let tail_len = (raw.tail_len as usize).min(raw.tail.len());
+            let (payload, tail) = payload_and_tail(
+                &record[PACKET_HEADER_SIZE..],
+                raw.captured_len,
+                raw.flags,
+                &raw.tail,
+                raw.tail_len,
+            )?;
             Ok(Record::Packet(PacketRecord {
                 ts_ns: raw.ts_ns,
                 cookie: raw.cookie,
                 direction: direction(raw.direction),
                 seq: raw.seq,
                 len: raw.len,
-                payload: body[..captured].to_vec(),
-                tail: (raw.flags & DATA_FLAG_HAS_TAIL != 0)
-                    .then(|| raw.tail[raw.tail.len() - tail_len..].to_vec()),
+                payload,
+                tail,
             }))
         }
         EVENT_SOCK_CALL => {
@@ -193,6 +187,26 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// The payload that follows a header, and the tail bytes when the header says it has them.
+fn payload_and_tail(
+    body: &[u8],
+    captured_len: u32,
+    flags: u32,
+    tail: &[u8; collector_common::TAIL_BYTES],
+    tail_len: u32,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), DecodeError> {
+    let captured = captured_len as usize;
+    if body.len() < captured {
+        return Err(DecodeError::PayloadLength {
+            claimed: captured,
+            actual: body.len(),
+        });
+    }
+    let tail_len = (tail_len as usize).min(tail.len());
+    let tail = (flags & DATA_FLAG_HAS_TAIL != 0).then(|| tail[tail.len() - tail_len..].to_vec());
+    Ok((body[..captured].to_vec(), tail))
 }
 
 fn direction(raw: u32) -> Direction {

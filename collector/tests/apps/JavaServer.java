@@ -13,12 +13,16 @@ public class JavaServer {
             String body;
             if (parts.length >= 3 && parts[1].equals("sleep")) {
                 int ms = Integer.parseInt(parts[2]);
+                long t0 = System.nanoTime();
                 try {
                     Thread.sleep(ms);
                 } catch (InterruptedException e) {
                     Thread.currentThread().interrupt();
                 }
+                // How long the handler really slept.
+                exchange.getResponseHeaders().set("X-Slept-Us", Long.toString((System.nanoTime() - t0) / 1000));
                 body = "slept " + ms + "\n";
+
             } else if (parts.length >= 2 && parts[1].equals("ok")) {
                 body = "ok\n";
             } else {

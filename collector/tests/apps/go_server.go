@@ -17,8 +17,12 @@ func main() {
 		switch {
 		case len(parts) >= 3 && parts[1] == "sleep":
 			ms, _ := strconv.Atoi(parts[2])
+			t0 := time.Now()
 			time.Sleep(time.Duration(ms) * time.Millisecond)
+			// How long the handler really slept.
+			w.Header().Set("X-Slept-Us", strconv.FormatInt(time.Since(t0).Microseconds(), 10))
 			body = fmt.Sprintf("slept %d\n", ms)
+
 		case len(parts) >= 2 && parts[1] == "ok":
 			body = "ok\n"
 		default:

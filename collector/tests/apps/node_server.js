@@ -4,13 +4,19 @@ const port = Number(process.argv[2]);
 http
   .createServer((req, res) => {
     const parts = req.url.split("/");
-    const reply = (body) => {
-      res.writeHead(200, { "Content-Length": Buffer.byteLength(body) });
+    const reply = (body, headers = {}) => {
+      res.writeHead(200, { "Content-Length": Buffer.byteLength(body), ...headers });
       res.end(body);
     };
     if (parts[1] === "sleep") {
       const ms = Number(parts[2]);
-      setTimeout(() => reply(`slept ${ms}\n`), ms);
+      const t0 = process.hrtime.bigint();
+      // X-Slept-Us: how long the handler really waited (timers can fire late, e.g. after a GC).
+      setTimeout(() => {
+        const slept = (process.hrtime.bigint() - t0) / 1000n;
+        reply(`slept ${ms}\n`, { "X-Slept-Us": slept.toString() });
+      }, ms);
+
     } else if (parts[1] === "ok") {
       reply("ok\n");
     } else {

@@ -13,9 +13,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         parts = self.path.split("/")
+        slept_us = None
         if len(parts) >= 3 and parts[1] == "sleep":
             ms = int(parts[2])
+            t0 = time.monotonic()
             time.sleep(ms / 1000)
+            slept_us = int((time.monotonic() - t0) * 1e6)
             body = f"slept {ms}\n".encode()
         elif len(parts) >= 2 and parts[1] == "ok":
             body = b"ok\n"
@@ -23,7 +26,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
+        if slept_us is not None:
+            # How long the handler really slept: what the captured duration is checked against.
+            self.send_header("X-Slept-Us", str(slept_us))
         self.send_header("Content-Length", str(len(body)))
+
         self.end_headers()
         self.wfile.write(body)
 

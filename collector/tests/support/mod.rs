@@ -279,6 +279,28 @@ pub fn curl(url: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// One request with curl; returns the status and how long the handler slept (X-Slept-Us), ms.
+pub fn curl_timed(url: &str) -> (u16, Option<f64>) {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "10", url])
+        .output()
+        .expect("curl must be installed (cargo xtask test installs it)");
+    let head = String::from_utf8_lossy(&out.stdout);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let slept = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-slept-us")
+            .then(|| v.trim().parse::<f64>().ok())
+            .flatten()
+    });
+    (status, slept.map(|us| us / 1e3))
+}
+
 /// A name unique to this test run, for paths that identify one request.
 pub fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
