@@ -19,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Capture and export until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// What this kernel and host allow, and what that means for capture (exits 1 when capture
+    /// is impossible).
+    Doctor,
     /// Print the version.
     Version,
 }

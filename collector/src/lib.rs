@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod doctor;
 pub mod export;
 pub mod http;
 pub mod pipeline;

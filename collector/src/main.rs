@@ -7,6 +7,20 @@ use collector::{
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Doctor => {
+            let checks = collector::doctor::checks();
+            print!("{}", collector::doctor::report(&checks));
+            match collector::doctor::capture_verdict(&checks) {
+                Ok(verdict) => {
+                    println!("\n{verdict}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("\n{why}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("collector {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS

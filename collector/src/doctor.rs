@@ -1,0 +1,302 @@
+//! `collector doctor`: what this kernel and host allow, and what that means for capture.
+//! Reads files and environment only; loads nothing.
+
+use std::path::Path;
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub what: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub meaning: &'static str,
+}
+
+fn check(what: &'static str, ok: bool, detail: impl Into<String>, meaning: &'static str) -> Check {
+    Check {
+        what,
+        ok,
+        detail: detail.into(),
+        meaning,
+    }
+}
+
+fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
+
+/// The tracefs events directory, wherever it is mounted.
+fn tracefs_events() -> Option<&'static str> {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_dir())
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_owned()))
+        })
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Names of the capabilities the collector needs that `caps` lacks.
+pub fn missing_caps(caps: u64) -> Vec<&'static str> {
+    const NEEDED: [(u32, &str); 5] = [
+        (39, "CAP_BPF"),
+        (38, "CAP_PERFMON"),
+        (21, "CAP_SYS_ADMIN"),
+        (12, "CAP_NET_ADMIN"),
+        (19, "CAP_SYS_PTRACE"),
+    ];
+    NEEDED
+        .iter()
+        .filter(|(bit, _)| caps & (1 << bit) == 0)
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// "6.18.44-fc" → (6, 18).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Every check, in the order of the report.
+pub fn checks() -> Vec<Check> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version = kernel_version(release.trim());
+    let at_least = |maj, min| version.is_some_and(|v| v >= (maj, min));
+    let events = tracefs_events();
+    let event = |e: &str| events.is_some_and(|d| Path::new(d).join(e).is_dir());
+    let tracing_dir = events
+        .map(|e| e.trim_end_matches("/events"))
+        .unwrap_or("/sys/kernel/tracing");
+    let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+    let lockdown_mode = lockdown
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .unwrap_or("(not reported)");
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
+        });
+    let missing = missing_caps(effective_caps());
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok();
+    let credentials = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_PROFILE",
+    ]
+    .into_iter()
+    .find(|v| std::env::var_os(v).is_some())
+    .or_else(|| {
+        std::env::var_os("HOME")
+            .is_some_and(|h| Path::new(&h).join(".aws/credentials").exists())
+            .then_some("~/.aws/credentials")
+    });
+    let in_k8s = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+
+    vec![
+        check(
+            "kernel",
+            version.is_some(),
+            release.trim(),
+            "ring buffers need 5.8+, sock_{recv,send}_length 6.3+",
+        ),
+        check(
+            "BTF",
+            exists("/sys/kernel/btf/vmlinux"),
+            "/sys/kernel/btf/vmlinux",
+            "struct offsets (tcp_sock, task_struct) and tp_btf programs",
+        ),
+        check(
+            "BPF ring buffer",
+            at_least(5, 8),
+            "kernel 5.8+",
+            "the only event channel: required",
+        ),
+        check(
+            "tracefs",
+            events.is_some(),
+            tracing_dir,
+            "tracepoint ids (the collector mounts it when missing)",
+        ),
+        check(
+            "bpffs",
+            exists("/sys/fs/bpf"),
+            "/sys/fs/bpf",
+            "mounted by the collector when missing",
+        ),
+        check(
+            "cgroup v2",
+            cgroup2.is_some(),
+            cgroup2.clone().unwrap_or_else(|| "not mounted".into()),
+            "sock_ops and cgroup_skb attach to its root",
+        ),
+        check(
+            "sock_ops / cgroup_skb",
+            cgroup2.is_some(),
+            "cgroup-attached programs",
+            "socket-layer path: connections and packet payloads",
+        ),
+        check(
+            "tp_btf sock_recv_length",
+            event("sock/sock_recv_length") && exists("/sys/kernel/btf/vmlinux"),
+            "Linux 6.3+",
+            "socket-layer path: thread, time and byte range of each call",
+        ),
+        check(
+            "syscall tracepoints",
+            event("syscalls/sys_enter_read"),
+            "CONFIG_FTRACE_SYSCALLS",
+            "syscall path (fallback, or --capture-path syscall)",
+        ),
+        check(
+            "kprobes",
+            exists(&format!("{tracing_dir}/kprobe_events")),
+            "CONFIG_KPROBES",
+            "not used: the collector needs no kprobes",
+        ),
+        check(
+            "uprobes",
+            exists(&format!("{tracing_dir}/uprobe_events")),
+            "CONFIG_UPROBE_EVENTS",
+            "not used yet (TLS libraries, later)",
+        ),
+        check(
+            "fentry/fexit",
+            false,
+            "not probed",
+            "not used: the collector needs no fentry/fexit (refused by some hardened kernels)",
+        ),
+        check(
+            "lockdown",
+            !lockdown_mode.contains("confidentiality"),
+            lockdown_mode,
+            "integrity refuses bpf_probe_write_user (not used); confidentiality refuses reading kernel memory",
+        ),
+        check(
+            "capabilities",
+            missing.is_empty(),
+            if missing.is_empty() {
+                "all needed".to_owned()
+            } else {
+                format!("missing {}", missing.join(", "))
+            },
+            "BPF, PERFMON, SYS_ADMIN, NET_ADMIN, SYS_PTRACE (or root)",
+        ),
+        check(
+            "Kubernetes API",
+            in_k8s,
+            if in_k8s {
+                "in-cluster"
+            } else {
+                "no KUBERNETES_SERVICE_HOST"
+            },
+            "pod metadata (later issue); host mode names services by process",
+        ),
+        check(
+            "AWS region",
+            region.is_some(),
+            region.unwrap_or_else(|| "not set".into()),
+            "needed by --exporter xray (or -n/--region)",
+        ),
+        check(
+            "AWS credentials",
+            credentials.is_some(),
+            credentials.unwrap_or("none found in env or ~/.aws"),
+            "needed by --exporter xray (IRSA, profile, env, instance metadata)",
+        ),
+    ]
+}
+
+/// The capture path this host allows, if any.
+pub fn capture_verdict(checks: &[Check]) -> Result<&'static str, &'static str> {
+    let ok = |w: &str| checks.iter().any(|c| c.what == w && c.ok);
+    if !ok("BPF ring buffer") || !ok("capabilities") {
+        return Err(
+            "capture is impossible: needs Linux 5.8+ ring buffers and the capabilities listed",
+        );
+    }
+    if ok("BTF") && ok("cgroup v2") && ok("tp_btf sock_recv_length") {
+        Ok("capture: socket-layer path (the default)")
+    } else if ok("syscall tracepoints") {
+        Ok("capture: syscall path only (every read/write on the node pays the tracepoint dispatch)")
+    } else {
+        Err(
+            "capture is impossible: neither socket-layer hooks nor syscall tracepoints are available",
+        )
+    }
+}
+
+pub fn report(checks: &[Check]) -> String {
+    let mut out =
+        String::from("| check | available | detail | what it means |\n|---|---|---|---|\n");
+    for c in checks {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.what,
+            if c.ok { "yes" } else { "no" },
+            c.detail,
+            c.meaning
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_and_capabilities_are_read() {
+        assert_eq!(kernel_version("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(kernel_version("5.10.0"), Some((5, 10)));
+        assert_eq!(kernel_version("junk"), None);
+        assert!(missing_caps(u64::MAX).is_empty());
+        assert_eq!(missing_caps(0).len(), 5);
+        assert_eq!(missing_caps(!(1 << 39)), vec!["CAP_BPF"]);
+    }
+
+    #[test]
+    fn the_verdict_follows_the_hooks_available() {
+        let c = |what, ok| Check {
+            what,
+            ok,
+            detail: String::new(),
+            meaning: "",
+        };
+        let base = vec![c("BPF ring buffer", true), c("capabilities", true)];
+        let mut socket = base.clone();
+        socket.extend([
+            c("BTF", true),
+            c("cgroup v2", true),
+            c("tp_btf sock_recv_length", true),
+        ]);
+        assert!(capture_verdict(&socket).unwrap().contains("socket-layer"));
+        let mut syscall = base.clone();
+        syscall.push(c("syscall tracepoints", true));
+        assert!(
+            capture_verdict(&syscall)
+                .unwrap()
+                .contains("syscall path only")
+        );
+        assert!(capture_verdict(&base).is_err());
+        assert!(capture_verdict(&[c("BPF ring buffer", false)]).is_err());
+    }
+}
