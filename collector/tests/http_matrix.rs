@@ -9,8 +9,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use support::*;
 
-/// Server-side delays of the timed requests, in ms.
-const DELAYS: [u64; 3] = [100, 200, 300];
+/// Server-side delays of the timed requests, in ms. The apps' own per-request work (a JDK
+/// server's dispatch hand-off, nginx's proxy hop) reaches ~2 ms; at these delays the
+/// max(1 ms, 2 %) tolerance measures the capture, not that work.
+const DELAYS: [u64; 3] = [200, 300, 400];
 /// Requests on the one keep-alive connection.
 const KEEP_ALIVE_REQUESTS: usize = 1000;
 
