@@ -164,23 +164,7 @@ impl HttpTracker {
             if now_ns.saturating_sub(conn.last_ts) < reorder {
                 continue;
             }
-            for (dir, stream) in [
-                (Direction::Recv, &mut conn.recv),
-                (Direction::Send, &mut conn.send),
-            ] {
-                if stream.has_pending() {
-                    items.clear();
-                    stream.skip_to_pending(&mut items);
-                    feed(
-                        &mut conn.pairing,
-                        &conn.meta,
-                        dir,
-                        &items,
-                        &mut self.stats,
-                        out,
-                    );
-                }
-            }
+            declare_gaps(conn, |s| s.has_pending(), &mut items, &mut self.stats, out);
         }
         self.items = items;
         let idle: Vec<u64> = self
@@ -257,23 +241,8 @@ impl HttpTracker {
         // Calls reach us in (near) time order: a hole still open when a later call on this
         // connection arrives will not fill. Declare it now, before the later call is framed, so
         // a lost request is known before the responses after it are paired.
-        for (dir, stream) in [
-            (Direction::Recv, &mut conn.recv),
-            (Direction::Send, &mut conn.send),
-        ] {
-            if stream.oldest_pending_ts().is_some_and(|ts| ts < d.ts_ns) {
-                self.items.clear();
-                stream.skip_to_pending(&mut self.items);
-                feed(
-                    &mut conn.pairing,
-                    &conn.meta,
-                    dir,
-                    &self.items,
-                    &mut self.stats,
-                    out,
-                );
-            }
-        }
+        let due = |s: &DirectionStream| s.oldest_pending_ts().is_some_and(|ts| ts < d.ts_ns);
+        declare_gaps(conn, due, &mut self.items, &mut self.stats, out);
         let chunk = Chunk {
             offset: d.stream_offset,
             len: u64::from(d.total_len),
@@ -322,28 +291,33 @@ impl HttpTracker {
     }
 
     fn finish(&mut self, mut conn: Conn, ts: u64, out: &mut Vec<HttpOut>) {
-        let mut items = Vec::new();
-        for (dir, stream) in [
-            (Direction::Recv, &mut conn.recv),
-            (Direction::Send, &mut conn.send),
-        ] {
-            stream.skip_to_pending(&mut items);
-            feed(
-                &mut conn.pairing,
-                &conn.meta,
-                dir,
-                &items,
-                &mut self.stats,
-                out,
-            );
-            items.clear();
-        }
+        declare_gaps(&mut conn, |_| true, &mut Vec::new(), &mut self.stats, out);
         let mut events = Vec::new();
         conn.pairing.close(ts, &mut events);
         push_events(events, &conn.meta, &mut self.stats, out);
         add_stream(&mut self.stats.stream, &conn.recv.stats);
         add_stream(&mut self.stats.stream, &conn.send.stats);
         add_pairing(&mut self.stats.pairing, &conn.pairing.stats);
+    }
+}
+
+/// Declares the holes of the directions `due` picks as gaps and frames what follows them.
+fn declare_gaps(
+    conn: &mut Conn,
+    due: impl Fn(&DirectionStream) -> bool,
+    items: &mut Vec<StreamItem>,
+    stats: &mut TrackerStats,
+    out: &mut Vec<HttpOut>,
+) {
+    for (dir, stream) in [
+        (Direction::Recv, &mut conn.recv),
+        (Direction::Send, &mut conn.send),
+    ] {
+        if due(stream) {
+            items.clear();
+            stream.skip_to_pending(items);
+            feed(&mut conn.pairing, &conn.meta, dir, items, stats, out);
+        }
     }
 }
 
