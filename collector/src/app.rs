@@ -7,6 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{ExporterKind, RunArgs},
+    enrich::{EnrichConfig, Enricher, ProcCgroups, SharedMeta, ec2, kube_watch},
     export::{
         traces::TracePrinter,
         xray::{self, XrayConfig},
@@ -50,6 +51,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_ns: args.trace_hold_ms * 1_000_000,
         ..TraceConfig::default()
     };
+    // Pod and node metadata, for the exporters that build segments.
+    let shared = SharedMeta::default();
+    let mut kube_stats = None;
+    if matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+        kube_stats =
+            kube_watch::start(args.kubernetes, args.node_name.clone(), shared.clone()).await;
+        ec2::spawn(shared.clone());
+    }
+    let enricher = || {
+        Enricher::new(
+            EnrichConfig {
+                cluster_name: args.cluster_name.clone(),
+                node_name: args.node_name.clone(),
+            },
+            shared.clone(),
+            ProcCgroups,
+        )
+    };
     let mut xray = None;
     let mut pipeline = match args.exporter {
         ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
@@ -61,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             clock,
             TrackerLimits::default(),
             trace_config,
+            enricher(),
         ),
         ExporterKind::Xray => {
             let (queue, task) = xray::start(&XrayConfig {
@@ -75,6 +95,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 clock,
                 TrackerLimits::default(),
                 trace_config,
+                enricher(),
             )
         }
     };
@@ -111,6 +132,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
     let mut summary = summary(&counters, &assembler, &pipeline);
+    if let Some(e) = pipeline.enrich_stats() {
+        let pods = shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+        let watch_errors = kube_stats
+            .as_ref()
+            .map_or(0, |s| s.errors.load(std::sync::atomic::Ordering::Relaxed));
+        for (k, v) in [
+            ("enrich_with_pod", e.with_pod),
+            ("enrich_container_without_pod", e.container_without_pod),
+            ("enrich_host_processes", e.host_processes),
+            ("enrich_pids_evicted", e.pids_evicted),
+            ("enrich_pid_cache_resets", e.pid_cache_resets),
+            ("kube_pods_cached", pods.len() as u64),
+            ("kube_pod_events", pods.stats.applied + pods.stats.deleted),
+            ("kube_relists", pods.stats.relists),
+            ("kube_pods_rejected", pods.stats.rejected),
+            ("kube_watch_errors", watch_errors),
+        ] {
+            summary.push_str(&format!(" {k}={v}"));
+        }
+    }
     if let Some((queue, task)) = xray {
         // Deliver what is queued, within the deadline.
         queue.close();

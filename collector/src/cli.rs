@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture and export until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// What this kernel and host allow, and what that means for capture (exits 1 when capture
     /// is impossible).
     Doctor,
@@ -69,6 +69,20 @@ pub struct RunArgs {
     /// Segment name for every traced service (default: the process name).
     #[arg(long, env = "COLLECTOR_SERVICE_NAME")]
     pub service_name: Option<String>,
+
+    /// Kubernetes pod metadata: `auto` uses the API when a service account or kubeconfig is
+    /// found (else host mode), `off` never contacts it.
+    #[arg(long, env = "COLLECTOR_KUBERNETES", value_enum, default_value = "auto")]
+    pub kubernetes: crate::enrich::kube_watch::KubeMode,
+
+    /// This node's name (the DaemonSet sets it from the Downward API's spec.nodeName): only
+    /// pods on this node are watched.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// EKS cluster name for segments' aws.eks.cluster_name.
+    #[arg(long, env = "COLLECTOR_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
 
     /// AWS region of the X-Ray endpoint.
     #[arg(short = 'n', long, env = "AWS_REGION")]

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod doctor;
+pub mod enrich;
 pub mod export;
 pub mod http;
 pub mod pipeline;

@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(app::run(args)) {
+            match runtime.block_on(app::run(*args)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

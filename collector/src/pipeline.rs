@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use crate::{
+    enrich::{EnrichStats, Enricher, ProcCgroups},
     export::{OutputFormat, SegmentExporter, events::EventPrinter, exchanges::ExchangePrinter},
     http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
     source::{clock::Clock, event::KernelEvent},
@@ -20,10 +21,11 @@ pub enum Pipeline<W: Write> {
         printer: ExchangePrinter<W>,
         batch: Vec<HttpOut>,
     },
-    /// Events → streams → exchanges → linked segments.
+    /// Events → streams → exchanges → linked segments → pod/node metadata.
     Traces {
         tracker: HttpTracker,
         assembler: TraceAssembler<ProcFs>,
+        enricher: Enricher<ProcCgroups>,
         exporter: Box<dyn SegmentExporter>,
         http: Vec<HttpOut>,
         segments: Vec<Segment>,
@@ -48,10 +50,12 @@ impl<W: Write> Pipeline<W> {
         clock: Clock,
         limits: TrackerLimits,
         config: TraceConfig,
+        enricher: Enricher<ProcCgroups>,
     ) -> Self {
         Self::Traces {
             tracker: HttpTracker::new(limits),
             assembler: TraceAssembler::new(config, clock, ProcFs::default()),
+            enricher,
             exporter,
             http: Vec::new(),
             segments: Vec::new(),
@@ -98,6 +102,7 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
+                enricher,
                 exporter,
                 http,
                 segments,
@@ -105,6 +110,8 @@ impl<W: Write> Pipeline<W> {
                 tracker.expire(now_ns, http);
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, segments);
+                enricher.tick(now_ns);
+                segments.iter_mut().for_each(|s| enricher.enrich(s));
                 exporter.export(segments)
             }
         }
@@ -125,6 +132,7 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
+                enricher,
                 exporter,
                 http,
                 segments,
@@ -132,6 +140,7 @@ impl<W: Write> Pipeline<W> {
                 tracker.close_all(http);
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(segments);
+                segments.iter_mut().for_each(|s| enricher.enrich(s));
                 exporter.export(segments)
             }
         }
@@ -155,6 +164,13 @@ impl<W: Write> Pipeline<W> {
     pub fn trace_stats(&self) -> Option<TraceStats> {
         match self {
             Self::Traces { assembler, .. } => Some(assembler.stats),
+            _ => None,
+        }
+    }
+
+    pub fn enrich_stats(&self) -> Option<EnrichStats> {
+        match self {
+            Self::Traces { enricher, .. } => Some(enricher.stats),
             _ => None,
         }
     }

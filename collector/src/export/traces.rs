@@ -143,6 +143,7 @@ mod tests {
             annotations: Default::default(),
             aws: None,
             subsegments: subs,
+            pid: 0,
         }
     }
 

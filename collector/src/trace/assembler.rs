@@ -374,6 +374,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     annotations: BTreeMap::new(),
                     aws: Some(xray_block()),
                     subsegments: vec![sub],
+                    pid: self.reqs[&key].start.pid,
                 };
                 self.stats.client_segments += 1;
                 out.push(segment);
@@ -566,6 +567,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 .collect(),
             aws: Some(xray_block()),
             subsegments: vec![],
+            pid: req.start.pid,
         }
     }
 
@@ -613,6 +615,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             annotations: BTreeMap::new(),
             aws: None,
             subsegments: vec![],
+            pid: req.start.pid,
         })
     }
 
@@ -753,11 +756,12 @@ fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
 /// Says who made the segment, as the SDKs do.
 fn xray_block() -> AwsBlock {
     AwsBlock {
-        xray: XrayBlock {
+        xray: Some(XrayBlock {
             sdk: "ebpf-collector",
             sdk_version: env!("CARGO_PKG_VERSION"),
             auto_instrumentation: true,
-        },
+        }),
+        ..AwsBlock::default()
     }
 }
 

@@ -45,12 +45,37 @@ pub struct Segment {
     pub aws: Option<AwsBlock>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsegments: Vec<Segment>,
+    /// The process that served or made the request (for enrichment; never exported).
+    #[serde(skip)]
+    pub pid: u32,
 }
 
-/// The `aws` block: who made the segment (as the SDKs say it).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The `aws` block: who made the segment (as the SDKs say it), and where it ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct AwsBlock {
-    pub xray: XrayBlock,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xray: Option<XrayBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eks: Option<EksBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec2: Option<Ec2Block>,
+}
+
+/// `aws.eks`, as the X-Ray SDKs' EKS plugin fills it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EksBlock {
+    pub pod: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// `aws.ec2`, as the X-Ray SDKs' EC2 plugin fills it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ec2Block {
+    pub instance_id: String,
+    pub availability_zone: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -187,6 +212,7 @@ mod tests {
             fault: false,
             annotations: BTreeMap::new(),
             aws: None,
+            pid: 0,
             subsegments: (0..subsegments)
                 .map(|_| Segment {
                     name: "b".into(),
