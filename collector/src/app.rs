@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ("enrich_with_pod", e.with_pod),
             ("enrich_container_without_pod", e.container_without_pod),
             ("enrich_host_processes", e.host_processes),
+            ("enrich_excluded_by_annotation", e.excluded_by_annotation),
             ("enrich_pids_evicted", e.pids_evicted),
             ("enrich_pid_cache_resets", e.pid_cache_resets),
             ("kube_pods_cached", pods.len() as u64),

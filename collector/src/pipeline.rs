@@ -111,7 +111,7 @@ impl<W: Write> Pipeline<W> {
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, segments);
                 enricher.tick(now_ns);
-                segments.iter_mut().for_each(|s| enricher.enrich(s));
+                segments.retain_mut(|s| enricher.enrich(s));
                 exporter.export(segments)
             }
         }
@@ -140,7 +140,7 @@ impl<W: Write> Pipeline<W> {
                 tracker.close_all(http);
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(segments);
-                segments.iter_mut().for_each(|s| enricher.enrich(s));
+                segments.retain_mut(|s| enricher.enrich(s));
                 exporter.export(segments)
             }
         }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod kube_apiserver;
 
 mod setup;
 mod shell;
@@ -96,7 +97,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let is_subcommand = args.first().is_some_and(|a| {
                 matches!(
                     a.as_str(),
-                    "run" | "version" | "help" | "--help" | "-h" | "--version"
+                    "run" | "doctor" | "version" | "help" | "--help" | "-h" | "--version"
                 )
             });
             if !is_subcommand {
@@ -109,11 +110,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             setup::build_chain()?;
             setup::test_tools()?;
             let venv = setup::test_venv()?;
+            let apiserver = kube_apiserver::ensure()?;
             shell::step("building", || shell::cargo(&["build", "--tests", "--bins"]))?;
             let mut test_args = vec!["test", "--no-fail-fast"];
             test_args.extend(args.iter().map(String::as_str));
             // SAFETY: single-threaded at this point; the variable is read by the tests.
-            unsafe { std::env::set_var("COLLECTOR_TEST_VENV", &venv) };
+            unsafe {
+                std::env::set_var("COLLECTOR_TEST_VENV", &venv);
+                std::env::set_var("COLLECTOR_TEST_KUBE_APISERVER", &apiserver);
+            }
             shell::cargo(&test_args)
         }
         Command::Bench {

@@ -48,8 +48,9 @@ pub async fn start(
     let config = match kube::Config::infer().await {
         Ok(config) => config,
         Err(e) => {
+            tracing::debug!("Kubernetes configuration not found: {e}");
             tracing::info!(
-                "not in Kubernetes (no service account or kubeconfig: {e}); host mode: services are named after their processes"
+                "not in Kubernetes (no in-cluster service account, no kubeconfig): host mode, services are named after their processes"
             );
             return None;
         }

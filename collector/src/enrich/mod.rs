@@ -17,8 +17,9 @@ use std::{
 use cgroup::{CgroupIdentity, parse_proc_cgroup};
 use pods::{PodIndex, PodMeta};
 
-use crate::trace::document::{
-    AwsBlock, Ec2Block, EksBlock, Segment, annotation_key, bounded, sanitize_name,
+use crate::trace::{
+    document::{AwsBlock, Ec2Block, EksBlock, Segment, annotation_key, bounded, sanitize_name},
+    process::proc_file,
 };
 
 /// `origin` of segments served by a pod (as the X-Ray SDKs' EKS plugin sets it).
@@ -51,11 +52,11 @@ pub struct ProcCgroups;
 
 impl CgroupReader for ProcCgroups {
     fn read(&mut self, pid: u32) -> Option<String> {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+        std::fs::read_to_string(proc_file(pid, "cgroup")).ok()
     }
 
     fn alive(&mut self, pid: u32) -> bool {
-        std::path::Path::new(&format!("/proc/{pid}")).exists()
+        proc_file(pid, "stat").exists()
     }
 }
 
@@ -74,6 +75,8 @@ pub struct EnrichStats {
     pub container_without_pod: u64,
     /// Segments of processes outside containers.
     pub host_processes: u64,
+    /// Segments dropped: their pod opts out (`xray-collector.io/exclude: "true"`).
+    pub excluded_by_annotation: u64,
     /// pid cache entries evicted because the process exited.
     pub pids_evicted: u64,
     /// pid cache cleared because it was full.
@@ -106,11 +109,25 @@ impl<R: CgroupReader> Enricher<R> {
         }
     }
 
-    /// Adds what is known of the segment's process. Subsegments sent on their own keep their
-    /// names: they are calls, named after the host called.
-    pub fn enrich(&mut self, segment: &mut Segment) {
-        if segment.kind.is_some() || segment.pid == 0 {
-            return;
+    /// Adds what is known of the segment's process; false when the segment must be dropped
+    /// (its pod opted out). Subsegments sent on their own keep their names: they are calls,
+    /// named after the host called.
+    pub fn enrich(&mut self, segment: &mut Segment) -> bool {
+        if segment.pid == 0 {
+            return true;
+        }
+        if segment.kind.is_some() {
+            let identity = self.identity(segment.pid);
+            let pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+            let pod = pods.find(
+                identity.container_id.as_deref(),
+                identity.pod_uid.as_deref(),
+            );
+            if pod.is_some_and(|p| p.excluded) {
+                self.stats.excluded_by_annotation += 1;
+                return false;
+            }
+            return true;
         }
         let identity = self.identity(segment.pid);
         let pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,6 +136,10 @@ impl<R: CgroupReader> Enricher<R> {
             identity.pod_uid.as_deref(),
         );
         match pod {
+            Some(pod) if pod.excluded => {
+                self.stats.excluded_by_annotation += 1;
+                return false;
+            }
             Some(pod) => {
                 self.stats.with_pod += 1;
                 apply_pod(segment, pod, identity.container_id.as_deref(), &self.config);
@@ -143,6 +164,7 @@ impl<R: CgroupReader> Enricher<R> {
             });
             segment.origin.get_or_insert_with(|| ORIGIN_EC2.to_owned());
         }
+        true
     }
 
     /// Evicts processes that exited (call regularly; does the work every 10 s).

@@ -9,6 +9,9 @@ use k8s_openapi::api::core::v1::Pod;
 pub const ANNOTATION_PREFIX: &str = "xray-collector.io/";
 /// Pod annotation: the segment name for every container of the pod.
 pub const SERVICE_NAME_ANNOTATION: &str = "xray-collector.io/service-name";
+/// Pod annotation: `"true"` opts every container of the pod out of tracing (node agents,
+/// meshes' sidecars, the collector itself).
+pub const EXCLUDE_ANNOTATION: &str = "xray-collector.io/exclude";
 /// The well-known label naming the application (Kubernetes "Recommended Labels").
 pub const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 
@@ -24,6 +27,8 @@ pub struct PodMeta {
     pub service_name_annotation: Option<String>,
     /// `app.kubernetes.io/name`.
     pub app_name_label: Option<String>,
+    /// `xray-collector.io/exclude: "true"`.
+    pub excluded: bool,
     /// (kind, name): Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, ...
     pub workload: Option<(String, String)>,
     /// (container id without scheme, container name).
@@ -75,6 +80,11 @@ impl PodMeta {
                 .and_then(|a| a.get(SERVICE_NAME_ANNOTATION))
                 .filter(|v| !v.trim().is_empty())
                 .cloned(),
+            excluded: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(EXCLUDE_ANNOTATION))
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             app_name_label: labels
                 .and_then(|l| l.get(APP_NAME_LABEL))
                 .filter(|v| !v.trim().is_empty())

@@ -52,6 +52,7 @@ fn pod() -> PodMeta {
         node: "node-a".into(),
         service_name_annotation: None,
         app_name_label: None,
+        excluded: false,
         workload: Some(("Deployment".into(), "checkout".into())),
         containers: vec![(ID.into(), "app".into())],
     }
@@ -85,7 +86,7 @@ fn enricher(pods: &[PodMeta]) -> Enricher<FakeProc> {
 fn a_pod_process_gets_pod_workload_and_eks_block() {
     let mut e = enricher(&[pod()]);
     let mut s = segment(10);
-    e.enrich(&mut s);
+    assert!(e.enrich(&mut s));
     let json: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
     assert_eq!(json["name"], "checkout");
     assert_eq!(json["origin"], "AWS::EKS::Container");
@@ -139,11 +140,11 @@ fn service_name_precedence() {
 fn host_processes_and_unknown_pods_keep_their_process_name() {
     let mut e = enricher(&[]);
     let mut host = segment(11);
-    e.enrich(&mut host);
+    assert!(e.enrich(&mut host));
     assert_eq!(host.name, "python3");
     assert_eq!(host.origin, None);
     let mut unknown = segment(10);
-    e.enrich(&mut unknown);
+    assert!(e.enrich(&mut unknown));
     assert_eq!(unknown.name, "python3");
     assert!(unknown.annotations.is_empty());
     assert_eq!(
@@ -153,7 +154,7 @@ fn host_processes_and_unknown_pods_keep_their_process_name() {
     // The pod arrives (API back): the next segment of that process is enriched.
     e.shared.pods.lock().unwrap().apply(pod());
     let mut later = segment(10);
-    e.enrich(&mut later);
+    assert!(e.enrich(&mut later));
     assert_eq!(later.name, "checkout");
 }
 
@@ -161,7 +162,7 @@ fn host_processes_and_unknown_pods_keep_their_process_name() {
 fn a_container_not_yet_in_status_is_found_by_pod_uid() {
     let mut e = enricher(&[pod()]);
     let mut s = segment(12);
-    e.enrich(&mut s);
+    assert!(e.enrich(&mut s));
     assert_eq!(s.name, "checkout");
     let eks = s.aws.unwrap().eks.unwrap();
     assert_eq!(eks.container_id.as_deref(), Some("b".repeat(64).as_str()));
@@ -174,11 +175,11 @@ fn independent_subsegments_and_unknown_pids_are_left_alone() {
     let mut sub = segment(10);
     sub.kind = Some("subsegment");
     sub.name = "callee.example".into();
-    e.enrich(&mut sub);
+    assert!(e.enrich(&mut sub));
     assert_eq!(sub.name, "callee.example");
     assert_eq!(sub.origin, None);
     let mut no_pid = segment(0);
-    e.enrich(&mut no_pid);
+    assert!(e.enrich(&mut no_pid));
     assert_eq!(no_pid.name, "python3");
 }
 
@@ -190,12 +191,12 @@ fn ec2_block_when_known() {
         availability_zone: "eu-west-1a".into(),
     });
     let mut host = segment(11);
-    e.enrich(&mut host);
+    assert!(e.enrich(&mut host));
     assert_eq!(host.origin.as_deref(), Some(ORIGIN_EC2));
     let ec2 = host.aws.as_ref().unwrap().ec2.as_ref().unwrap();
     assert_eq!(ec2.instance_id, "i-0123456789abcdef0");
     let mut in_pod = segment(10);
-    e.enrich(&mut in_pod);
+    assert!(e.enrich(&mut in_pod));
     assert_eq!(
         in_pod.origin.as_deref(),
         Some(ORIGIN_EKS),
@@ -208,12 +209,25 @@ fn ec2_block_when_known() {
 fn cgroups_are_read_once_per_pid_and_exited_pids_evicted() {
     let mut e = enricher(&[pod()]);
     for _ in 0..3 {
-        e.enrich(&mut segment(10));
-        e.enrich(&mut segment(11));
+        assert!(e.enrich(&mut segment(10)));
+        assert!(e.enrich(&mut segment(11)));
     }
     assert_eq!(e.reader.reads, 2);
     e.reader.cgroups.remove(&11);
     e.tick(SWEEP_EVERY_NS + 1);
     assert_eq!(e.cached_pids(), 1);
     assert_eq!(e.stats.pids_evicted, 1);
+}
+
+#[test]
+fn pods_that_opt_out_lose_their_segments() {
+    let mut p = pod();
+    p.excluded = true;
+    let mut e = enricher(&[p]);
+    assert!(!e.enrich(&mut segment(10)));
+    let mut sub = segment(10);
+    sub.kind = Some("subsegment");
+    assert!(!e.enrich(&mut sub));
+    assert!(e.enrich(&mut segment(11)), "other processes are kept");
+    assert_eq!(e.stats.excluded_by_annotation, 2);
 }

@@ -160,7 +160,7 @@ pub fn first_line(payload: &[u8]) -> String {
 }
 
 fn proc_comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    std::fs::read_to_string(crate::trace::process::proc_file(pid, "comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_default()
 }

@@ -9,6 +9,19 @@ pub trait ProcessInfo {
     fn moves_work_between_threads(&mut self, pid: u32) -> bool;
 }
 
+/// A file of a process under the host's /proc: `$HOST_PROC` when set (the DaemonSet mounts
+/// the host's /proc at /host/proc), else /proc.
+pub fn proc_file(pid: u32, name: &str) -> std::path::PathBuf {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        std::env::var_os("HOST_PROC")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| "/proc".into(), Into::into)
+    })
+    .join(pid.to_string())
+    .join(name)
+}
+
 /// Reads /proc, caching per pid (bounded: cleared when full).
 #[derive(Default)]
 pub struct ProcFs {
@@ -23,10 +36,10 @@ impl ProcFs {
             self.cache.clear();
         }
         self.cache.entry(pid).or_insert_with(|| {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            let name = std::fs::read_to_string(proc_file(pid, "comm"))
                 .map(|s| s.trim_end().to_owned())
                 .unwrap_or_default();
-            let go = std::fs::read(format!("/proc/{pid}/exe")).is_ok_and(|elf| is_go_binary(&elf));
+            let go = std::fs::read(proc_file(pid, "exe")).is_ok_and(|elf| is_go_binary(&elf));
             (name, go)
         })
     }

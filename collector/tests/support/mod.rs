@@ -2,6 +2,8 @@
 //! real servers and clients, and the CI rule that a privileged test never skips silently.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod kube;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::{TcpListener, TcpStream},

@@ -46,6 +46,7 @@ fn a_pod_is_reduced_to_what_segments_use() {
             node: "node-a".into(),
             service_name_annotation: None,
             app_name_label: None,
+            excluded: false,
             workload: Some(("Deployment".into(), "checkout".into())),
             containers: vec![
                 (
@@ -87,6 +88,13 @@ fn annotation_and_label_are_kept_only_when_set() {
         .unwrap()
         .insert(SERVICE_NAME_ANNOTATION.into(), " ".into());
     assert_eq!(PodMeta::from_pod(&p).unwrap().service_name_annotation, None);
+    assert!(!PodMeta::from_pod(&p).unwrap().excluded);
+    p.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(EXCLUDE_ANNOTATION.into(), "True".into());
+    assert!(PodMeta::from_pod(&p).unwrap().excluded);
 }
 
 #[test]
