@@ -201,10 +201,13 @@ pub enum Counter {
     CallEvents = 10,
     /// Reading a kernel struct field (sequence numbers) failed.
     KernelReadFailed = 11,
+    /// Data of traced connections not captured while the collector sheds load (over its CPU
+    /// or memory budget, or capture paused).
+    Shed = 12,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::RingbufFull,
         Counter::PayloadReadFailed,
         Counter::ConnTableFull,
@@ -217,6 +220,7 @@ impl Counter {
         Counter::PacketEvents,
         Counter::CallEvents,
         Counter::KernelReadFailed,
+        Counter::Shed,
     ];
     /// Size of the `COUNTERS` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -235,6 +239,7 @@ impl Counter {
             Counter::PacketEvents => "packet_events",
             Counter::CallEvents => "call_events",
             Counter::KernelReadFailed => "kernel_read_failed",
+            Counter::Shed => "shed_events",
         }
     }
 }

@@ -11,7 +11,7 @@ use collector_common::{
 
 use crate::{
     emit::{capture_limit, output_scratch, scratch, still_http},
-    maps::{PROTO_IGNORED, SOCKS, count},
+    maps::{PROTO_IGNORED, SOCKS, count, shedding},
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -38,6 +38,10 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
     // SAFETY: map value pointer valid for this program run.
     let state = unsafe { &mut *state };
     if state.proto == PROTO_OTHER || state.proto == PROTO_IGNORED {
+        return Ok(());
+    }
+    if shedding() {
+        count(Counter::Shed);
         return Ok(());
     }
 

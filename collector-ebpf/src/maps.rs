@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use collector_common::{Counter, DATA_HEADER_SIZE, MAX_CAPTURE_BYTES};
 
@@ -169,6 +169,16 @@ pub fn current_task_excluded() -> bool {
 
     // SAFETY: map lookup; only presence is used.
     unsafe { EXCLUDED_COMMS.get(current_process_comm()) }.is_some()
+}
+
+/// Run-time switch, written by the collector: `[0] != 0` while it sheds load. Data of traced
+/// connections is then counted (`Counter::Shed`) and not copied.
+#[map]
+pub static SHED: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn shedding() -> bool {
+    SHED.get(0).is_some_and(|v| *v != 0)
 }
 
 /// Load-time settings, written by the collector through `EbpfLoader::set_global`.

@@ -17,7 +17,7 @@ use crate::{
     emit::wakeup_flag,
     maps::{
         EVENTS, PROTO_IGNORED, SOCKS, TCP_COPIED_SEQ_OFF, TCP_WRITE_SEQ_OFF, count,
-        current_task_excluded, setting_u32,
+        current_task_excluded, setting_u32, shedding,
     },
 };
 
@@ -59,6 +59,10 @@ fn try_call(ctx: &BtfTracePointContext, direction: u32) -> Result<(), i64> {
     // The accepting side's sock_ops ran in softirq; here, in the task, exclusions apply.
     if current_task_excluded() {
         state.proto = PROTO_IGNORED;
+        return Ok(());
+    }
+    if shedding() {
+        count(Counter::Shed);
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -23,7 +23,7 @@ use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
     maps::{
         CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
-        PENDING_MSG, PendingCall, SockKey, count, current_task_excluded,
+        PENDING_MSG, PendingCall, SockKey, count, current_task_excluded, shedding,
     },
 };
 
@@ -292,6 +292,10 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program run.
     if unsafe { (*state).proto } == PROTO_OTHER {
+        return Ok(());
+    }
+    if shedding() {
+        count(Counter::Shed);
         return Ok(());
     }
     let ptr = if KIND == PENDING_FILE {

@@ -232,6 +232,7 @@ pub struct KernelSource {
     path: CapturePath,
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    shed: aya::maps::Array<MapData, u32>,
     attached: Vec<String>,
 }
 
@@ -307,11 +308,13 @@ impl KernelSource {
         let events = unsafe { AsyncFd::register(events) }.context("polling the ring buffer")?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let shed = aya::maps::Array::try_from(ebpf.take_map("SHED").context("SHED map missing")?)?;
         Ok(Self {
             _ebpf: ebpf,
             path,
             events,
             counters,
+            shed,
             attached,
         })
     }
@@ -351,6 +354,13 @@ impl KernelSource {
     }
 
     /// Kernel-side counters, summed over CPUs.
+    /// While set, the kernel counts traced connections' data instead of copying it.
+    pub fn set_shedding(&mut self, on: bool) -> anyhow::Result<()> {
+        self.shed
+            .set(0, u32::from(on), 0)
+            .context("writing the SHED switch")
+    }
+
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         Counter::ALL
             .iter()
