@@ -156,7 +156,7 @@ pub fn first_line(payload: &[u8]) -> String {
         .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(payload.len())
         .min(MAX_LINE);
-    String::from_utf8_lossy(&payload[..end]).into_owned()
+    crate::http::redact::redact_request_line(&String::from_utf8_lossy(&payload[..end]))
 }
 
 fn proc_comm(pid: u32) -> String {

@@ -2,6 +2,8 @@
 //! kept; every other header value — cookies and credentials included — is dropped here, as
 //! soon as the head is parsed.
 
+use super::redact::redact_target;
+
 /// Longest header value kept (X-Ray strings are capped later, at 250 characters).
 const MAX_VALUE: usize = 1024;
 /// Headers per message httparse may see.
@@ -10,7 +12,7 @@ const MAX_HEADERS: usize = 128;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
     pub method: String,
-    /// Request target as sent (path and query); the trace stage decides what to keep.
+    /// Request target: the path, with only the allowed query parameters (`redact.rs`).
     pub target: String,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
@@ -60,7 +62,7 @@ pub fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
         Ok(httparse::Status::Complete(head_len)) => {
             let mut head = RequestHead {
                 method: req.method.unwrap_or_default().to_owned(),
-                target: bounded(req.path.unwrap_or_default().as_bytes()),
+                target: redact_target(&bounded(req.path.unwrap_or_default().as_bytes())),
                 version: req.version.unwrap_or(1),
                 head_len,
                 ..RequestHead::default()
@@ -202,7 +204,7 @@ pub fn parse_request_line(buf: &[u8]) -> Option<(String, String)> {
     let version = parts.next()?;
     version
         .starts_with(b"HTTP/1.")
-        .then(|| (bounded(method), bounded(target)))
+        .then(|| (bounded(method), redact_target(&bounded(target))))
 }
 
 fn bounded(v: &[u8]) -> String {
@@ -235,7 +237,7 @@ Content-Length: 5\r\n\r\nhello";
             panic!()
         };
         assert_eq!(h.method, "POST");
-        assert_eq!(h.target, "/api/v1?x=1");
+        assert_eq!(h.target, "/api/v1", "query dropped (none allowed)");
         assert_eq!(h.host.as_deref(), Some("svc-b"));
         assert_eq!(h.user_agent.as_deref(), Some("curl/8"));
         assert_eq!(h.x_forwarded_for.as_deref(), Some("1.2.3.4"));

@@ -5,6 +5,7 @@ pub mod chunked;
 pub mod exchange;
 pub mod head;
 pub mod message;
+pub mod redact;
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -44,7 +45,10 @@ pub fn request_url(request: &head::RequestHead, role: Role, conn: &ConnMeta) -> 
         .clone()
         .or_else(|| server_addr.map(|a| a.to_string()))
         .unwrap_or_default();
-    let path = request.target.split(['?', '#']).next().unwrap_or_default();
+    // Only the query parameters an operator allowed (`redact.rs`; the parser already cut the
+    // rest — this holds for targets built any other way too).
+    let redacted = redact::redact_target(&request.target);
+    let path = redacted.as_str();
     if path.starts_with('/') {
         format!("http://{host}{path}")
     } else {
@@ -182,12 +186,21 @@ impl HttpTracker {
     }
 
     /// Flushes every connection (at shutdown).
-    pub fn close_all(&mut self, out: &mut Vec<HttpOut>) {
+    /// At stop: every connection ends at `stop_ns`; exchanges still open are emitted as
+    /// ended then, marked `ended_at_stop`.
+    pub fn close_all(&mut self, stop_ns: u64, out: &mut Vec<HttpOut>) {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             let conn = self.conns.remove(&id).expect("listed");
-            let ts = conn.last_ts;
+            let from = out.len();
+            let ts = conn.last_ts.max(stop_ns);
             self.finish(conn, ts, out);
+            for e in &mut out[from..] {
+                if let HttpOut::Done(x) = e {
+                    let f = &mut x.exchange.flags;
+                    f.ended_at_stop = f.no_response || f.incomplete;
+                }
+            }
         }
     }
 
