@@ -40,6 +40,16 @@ pub enum ExporterKind {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// YAML file of settings: keys are these options' long names (`capture-bytes: 4096`).
+    /// Flags and environment variables override it.
+    #[arg(short = 'c', long, env = "COLLECTOR_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print every setting, its value and where it came from (flag, environment, config
+    /// file, default), then exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Where captured data goes.
     #[arg(long, env = "COLLECTOR_EXPORTER", value_enum, default_value = "stdout")]
     pub exporter: ExporterKind,
@@ -117,14 +127,108 @@ pub struct RunArgs {
     )]
     pub exclude_processes: Vec<String>,
 
+    /// Query parameters kept in URLs, by name (repeatable, or comma-separated); every other
+    /// parameter is dropped as soon as the request is parsed.
+    #[arg(
+        long = "allowed-query-params",
+        env = "COLLECTOR_ALLOWED_QUERY_PARAMS",
+        value_delimiter = ','
+    )]
+    pub allowed_query_params: Vec<String>,
+
     /// How often the ring buffer is drained, in milliseconds.
     #[arg(long, env = "COLLECTOR_DRAIN_INTERVAL_MS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub drain_interval_ms: u64,
 
+    /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (`off` to disable).
+    #[arg(long, env = "COLLECTOR_METRICS_BIND", default_value = "127.0.0.1:9464", value_parser = parse_bind)]
+    pub metrics_bind: Bind,
+
+    /// CPU budget, in percent of one core: beyond it capture sheds load (0 = none).
+    #[arg(long, env = "COLLECTOR_MAX_CPU_PERCENT", default_value_t = 0.0,
+          value_parser = parse_percent)]
+    pub max_cpu_percent: f64,
+
+    /// Memory budget (resident), in MiB: beyond it capture sheds load (0 = none).
+    #[arg(long, env = "COLLECTOR_MAX_MEMORY_MB", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub max_memory_mb: u64,
+
+    /// Trace only these Kubernetes namespaces (repeatable, or comma-separated; default: all).
+    #[arg(long, env = "COLLECTOR_INCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+
+    /// Never trace these Kubernetes namespaces (repeatable, or comma-separated).
+    #[arg(long, env = "COLLECTOR_EXCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Trace only pods matching this label selector (`app=web,tier!=batch,canary`).
+    #[arg(long, env = "COLLECTOR_INCLUDE_POD_LABELS", value_parser = parse_selector)]
+    pub include_pod_labels: Option<crate::filter::Selector>,
+
+    /// Never trace pods matching this label selector.
+    #[arg(long, env = "COLLECTOR_EXCLUDE_POD_LABELS", value_parser = parse_selector)]
+    pub exclude_pod_labels: Option<crate::filter::Selector>,
+
+    /// Trace only processes with these names (as in /proc/PID/comm; default: all).
+    #[arg(
+        long = "include-process",
+        env = "COLLECTOR_INCLUDE_PROCESSES",
+        value_delimiter = ','
+    )]
+    pub include_processes: Vec<String>,
+
+    /// Never trace requests served on (or calls made to) these TCP ports.
+    #[arg(
+        long = "exclude-port",
+        env = "COLLECTOR_EXCLUDE_PORTS",
+        value_delimiter = ','
+    )]
+    pub exclude_ports: Vec<u16>,
+
+    /// Trace Kubernetes health checks too (requests with User-Agent `kube-probe/*`, dropped by
+    /// default).
+    #[arg(long, env = "COLLECTOR_TRACE_KUBE_PROBES")]
+    pub trace_kube_probes: bool,
+
+    /// Log format: `text` (human) or `json` (one object per line).
+    #[arg(long, env = "COLLECTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(short = 'l', long, env = "COLLECTOR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A listen address, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bind(pub Option<std::net::SocketAddr>);
+
+fn parse_bind(s: &str) -> Result<Bind, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Bind(None));
+    }
+    s.parse()
+        .map(|a| Bind(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:9464 (or `off`)"))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=10_000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage between 0 and 10000")),
+    }
+}
+
+fn parse_selector(s: &str) -> Result<crate::filter::Selector, String> {
+    s.parse()
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {

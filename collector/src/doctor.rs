@@ -109,7 +109,6 @@ pub fn checks() -> Vec<Check> {
             .is_some_and(|h| Path::new(&h).join(".aws/credentials").exists())
             .then_some("~/.aws/credentials")
     });
-    let in_k8s = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
 
     vec![
         check(
@@ -201,16 +200,6 @@ pub fn checks() -> Vec<Check> {
             "BPF, PERFMON, SYS_ADMIN, NET_ADMIN, SYS_PTRACE (or root)",
         ),
         check(
-            "Kubernetes API",
-            in_k8s,
-            if in_k8s {
-                "in-cluster"
-            } else {
-                "no KUBERNETES_SERVICE_HOST"
-            },
-            "pod metadata (later issue); host mode names services by process",
-        ),
-        check(
             "AWS region",
             region.is_some(),
             region.unwrap_or_else(|| "not set".into()),
@@ -223,6 +212,97 @@ pub fn checks() -> Vec<Check> {
             "needed by --exporter xray (IRSA, profile, env, instance metadata)",
         ),
     ]
+}
+
+/// What the network allows: the Kubernetes API (in-cluster or kubeconfig) and the X-Ray
+/// endpoint, each asked with a 3 s deadline.
+pub async fn network_checks() -> Vec<Check> {
+    let deadline = std::time::Duration::from_secs(3);
+    let kube = match tokio::time::timeout(deadline, kube_version()).await {
+        Ok(Ok(v)) => check(
+            "Kubernetes API",
+            true,
+            format!("reachable, {v}"),
+            "pod metadata: segments named after workloads",
+        ),
+        Ok(Err(e)) => check(
+            "Kubernetes API",
+            false,
+            e,
+            "host mode: services named after processes",
+        ),
+        Err(_) => check(
+            "Kubernetes API",
+            false,
+            "no answer within 3 s",
+            "host mode until it answers",
+        ),
+    };
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok();
+    let endpoint = std::env::var("COLLECTOR_XRAY_ENDPOINT_URL")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL_XRAY"))
+        .ok()
+        .or_else(|| region.map(|r| format!("https://xray.{r}.amazonaws.com")));
+    let xray = match endpoint {
+        None => check(
+            "X-Ray endpoint",
+            false,
+            "no region, no endpoint URL",
+            "--exporter xray needs one",
+        ),
+        Some(url) => {
+            let authority = url
+                .split("://")
+                .nth(1)
+                .unwrap_or(&url)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let addr = if authority.contains(':') {
+                authority.clone()
+            } else if url.starts_with("http://") {
+                format!("{authority}:80")
+            } else {
+                format!("{authority}:443")
+            };
+            match tokio::time::timeout(deadline, tokio::net::TcpStream::connect(&addr)).await {
+                Ok(Ok(_)) => check(
+                    "X-Ray endpoint",
+                    true,
+                    format!("{url} reachable"),
+                    "segments can be uploaded",
+                ),
+                Ok(Err(e)) => check(
+                    "X-Ray endpoint",
+                    false,
+                    format!("{url}: {e}"),
+                    "--exporter xray will retry and queue",
+                ),
+                Err(_) => check(
+                    "X-Ray endpoint",
+                    false,
+                    format!("{url}: no answer within 3 s"),
+                    "--exporter xray will retry and queue",
+                ),
+            }
+        }
+    };
+    vec![kube, xray]
+}
+
+async fn kube_version() -> Result<String, String> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|_| "no in-cluster service account, no kubeconfig".to_owned())?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let v = client
+        .apiserver_version()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(v.git_version)
 }
 
 /// The capture path this host allows, if any.

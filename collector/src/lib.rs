@@ -1,15 +1,21 @@
 //! The collector, stage by stage along the data's path (see ARCHITECTURE.md):
 //! `source` (kernel events) → `stream` (per-connection byte streams) → `http` (exchanges) →
-//! `export` (outputs); `pipeline` wires them for one exporter. Later stages — traces,
-//! enrichment — slot in between as pure functions of the events.
+//! `trace` (linked segments) → `enrich` (pods, EC2; `filter`s) → `export` (outputs);
+//! `pipeline` wires them for one exporter. Around them: `cli`/`config` (settings), `status`
+//! (metrics and health), `guard` (CPU and memory budget), `app` (the main loop).
 
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod doctor;
 pub mod enrich;
 pub mod export;
+pub mod filter;
+pub mod guard;
 pub mod http;
+pub mod logging;
 pub mod pipeline;
 pub mod source;
+pub mod status;
 pub mod stream;
 pub mod trace;

@@ -1,14 +1,26 @@
-use clap::Parser as _;
 use collector::{
     app,
-    cli::{Cli, Command},
+    cli::Command,
+    config::{self, CliError},
 };
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let parsed = match config::parse(std::env::args_os().collect()) {
+        Ok(p) => p,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::Config(message)) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match parsed.cli.command {
         Command::Doctor => {
-            let checks = collector::doctor::checks();
+            let mut checks = collector::doctor::checks();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            checks.extend(runtime.block_on(collector::doctor::network_checks()));
             print!("{}", collector::doctor::report(&checks));
             match collector::doctor::capture_verdict(&checks) {
                 Ok(verdict) => {
@@ -25,8 +37,12 @@ fn main() -> std::process::ExitCode {
             println!("collector {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS
         }
+        Command::Run(args) if args.print_config => {
+            print!("{}", config::render_effective(&parsed.effective));
+            std::process::ExitCode::SUCCESS
+        }
         Command::Run(args) => {
-            init_logging(&args.log_level);
+            collector::logging::init(&args.log_level, args.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -41,13 +57,4 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -76,10 +76,12 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
+                enricher,
                 http,
                 ..
             } => {
                 tracker.on_event(event, http);
+                http.retain(|h| enricher.keep(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 Ok(())
             }
@@ -108,6 +110,7 @@ impl<W: Write> Pipeline<W> {
                 segments,
             } => {
                 tracker.expire(now_ns, http);
+                http.retain(|h| enricher.keep(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, segments);
                 enricher.tick(now_ns);
@@ -117,8 +120,8 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// At shutdown: finish every connection's exchanges and build every segment.
-    pub fn finish(&mut self) -> std::io::Result<()> {
+    /// At shutdown (`stop_ns`): finish every connection's exchanges and build every segment.
+    pub fn finish(&mut self, stop_ns: u64) -> std::io::Result<()> {
         match self {
             Self::Events(_) => Ok(()),
             Self::Exchanges {
@@ -126,7 +129,7 @@ impl<W: Write> Pipeline<W> {
                 printer,
                 batch,
             } => {
-                tracker.close_all(batch);
+                tracker.close_all(stop_ns, batch);
                 export(printer, batch)
             }
             Self::Traces {
@@ -137,7 +140,8 @@ impl<W: Write> Pipeline<W> {
                 http,
                 segments,
             } => {
-                tracker.close_all(http);
+                tracker.close_all(stop_ns, http);
+                http.retain(|h| enricher.keep(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(segments);
                 segments.retain_mut(|s| enricher.enrich(s));

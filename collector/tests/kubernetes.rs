@@ -54,6 +54,39 @@ fn manifests_are_valid_and_rbac_only_reads_pods() {
     );
     assert_eq!(out.matches("(server dry run)").count(), 7, "{out}");
 
+    // The ConfigMap's settings file is one the collector accepts.
+    let cm = cluster.kubectl(
+        &[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            &file("configmap.yaml"),
+        ],
+        None,
+    );
+    let cm: serde_json::Value = serde_json::from_str(&cm).unwrap();
+    let settings = TempDir::new("cm");
+    let path = settings.0.join("collector.yaml");
+    std::fs::write(&path, cm["data"]["collector.yaml"].as_str().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("exporter: xray  # config file"),
+        "{printed}"
+    );
+
     // What the manifests say: one rule, pods, get/list/watch.
     let json = cluster.kubectl(
         &[

@@ -238,7 +238,8 @@ fn bpf_linker_llvm_major() -> Option<u32> {
     })
 }
 
-/// The Python environment of the X-Ray tests: `moto[server]` (an X-Ray API peer) and boto3,
+/// The Python environment of the tests: `moto[server]` (an X-Ray API peer) and boto3, and
+/// `prometheus_client` (whose parser checks our `/metrics`),
 /// in a venv outside the work tree so it survives clean clones. Returns the venv directory.
 pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
     let home = std::env::var_os("HOME")
@@ -248,7 +249,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.exists()
         && Command::new(&python)
-            .args(["-c", "import moto, boto3, flask"])
+            .args(["-c", "import moto, boto3, flask, prometheus_client"])
             .output()
             .is_ok_and(|o| o.status.success())
         && venv.join("bin/moto_server").exists();
@@ -260,7 +261,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
         return Ok(venv);
     }
     let by_hand = format!(
-        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]'",
+        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]' prometheus_client",
         venv.display()
     );
     shell::step(
@@ -268,8 +269,13 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
         || {
             shell::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
                 .with_context(|| format!("run by hand: {by_hand}"))?;
-            shell::run(Command::new(venv.join("bin/pip")).args(["install", "-q", "moto[server]"]))
-                .with_context(|| format!("run by hand: {by_hand}"))
+            shell::run(Command::new(venv.join("bin/pip")).args([
+                "install",
+                "-q",
+                "moto[server]",
+                "prometheus_client",
+            ]))
+            .with_context(|| format!("run by hand: {by_hand}"))
         },
     )?;
     Ok(venv)

@@ -1,9 +1,14 @@
 //! `collector run`: wires the stages together and owns the main loop and shutdown.
 
-use std::{io::BufWriter, time::Duration};
+mod counters;
+
+use std::{
+    io::BufWriter,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     cli::{ExporterKind, RunArgs},
@@ -12,32 +17,37 @@ use crate::{
         traces::TracePrinter,
         xray::{self, XrayConfig},
     },
+    filter::Filters,
+    guard::{Budget, Guard, measure},
     http::TrackerLimits,
     pipeline::Pipeline,
     source::{
         Assembler,
         clock::{Clock, monotonic_now_ns},
+        event::KernelEvent,
         join::JoinLimits,
         kernel::{CapturePath, KernelSource, SourceOptions},
     },
+    status::{self, Status},
     trace::TraceConfig,
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut source = KernelSource::load(&SourceOptions {
+    crate::http::redact::allow_query_params(args.allowed_query_params.clone());
+    let status = Status::default();
+    if let Some(bind) = args.metrics_bind.0 {
+        let addr = status::server::start(bind, status.clone()).await?;
+        tracing::info!("metrics on http://{addr}/metrics (health: /healthz, /readyz)");
+    }
+    let source_options = SourceOptions {
         capture_path: args.capture_path,
         capture_bytes: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_bytes,
         exclude_processes: args.exclude_processes.clone(),
-    })?;
-    tracing::info!(
-        hooks = source.attached().len(),
-        path = ?source.path(),
-        "capturing on {}",
-        source.attached().join(", ")
-    );
-    let mut assembler = match source.path() {
-        CapturePath::Socket => Assembler::socket_path(JoinLimits {
+    };
+    let mut source = Some(attach(&source_options)?);
+    let mut assembler = match source.as_ref().map(KernelSource::path) {
+        Some(CapturePath::Socket) => Assembler::socket_path(JoinLimits {
             capture_bytes: args.capture_bytes as usize,
             ..JoinLimits::default()
         }),
@@ -64,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             EnrichConfig {
                 cluster_name: args.cluster_name.clone(),
                 node_name: args.node_name.clone(),
+                filters: filters(&args),
             },
             shared.clone(),
             ProcCgroups,
@@ -87,6 +98,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 region: args.region.clone(),
                 endpoint_url: args.endpoint_url.clone(),
                 queue_size: args.xray_queue_size as usize,
+                latency: Some(status.export_latency().clone()),
             })
             .await?;
             xray = Some((queue.clone(), task));
@@ -99,61 +111,94 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }
     };
+    status.set_ready(true, "");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut signals = Signals::install()?;
     let interval = Duration::from_millis(args.drain_interval_ms);
     let mut events = Vec::new();
+    let mut guard = Guard::new(Budget {
+        max_cpu_percent: args.max_cpu_percent,
+        max_rss_bytes: args.max_memory_mb << 20,
+    });
+    // Kernel counters of capture sessions already detached (kill switch).
+    let mut kernel_before: Vec<(&'static str, u64)> = Vec::new();
+    let mut last_check = Instant::now();
 
     loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            () = source.wait(interval) => {}
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.usr1.recv() => {
+                if let Some(mut s) = source.take() {
+                    let _ = drain(&mut s, &mut assembler, &mut pipeline, &mut events);
+                    counters::add_kernel(&mut kernel_before, &s.counters());
+                    drop(s);
+                    tracing::warn!(
+                        "kill switch (SIGUSR1): probes detached, exporters keep running; SIGUSR2 attaches them again"
+                    );
+                }
+            }
+            _ = signals.usr2.recv() => {
+                if source.is_none() {
+                    match attach(&source_options) {
+                        Ok(s) => source = Some(s),
+                        Err(e) => tracing::error!("re-attaching (SIGUSR2) failed: {e:#}"),
+                    }
+                }
+            }
+            () = wait(&mut source, interval) => {}
         }
-        if let Err(e) = drain(&mut source, &mut assembler, &mut pipeline, &mut events) {
+        let step = match source.as_mut() {
+            Some(s) => drain(s, &mut assembler, &mut pipeline, &mut events),
+            None => idle(&mut assembler, &mut pipeline, &mut events),
+        };
+        if let Err(e) = step {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break;
             }
             return Err(e).context("writing to stdout");
         }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            if let Some(on) = guard.check(measure(monotonic_now_ns())) {
+                shed(source.as_mut(), on, &args);
+            }
+            let mut kernel = kernel_before.clone();
+            if let Some(s) = &source {
+                counters::add_kernel(&mut kernel, &s.counters());
+            }
+            status.publish(counters::collect(&counters::Sources {
+                kernel: &kernel,
+                assembler: &assembler,
+                pipeline: &pipeline,
+                shared: &shared,
+                kube: kube_stats.as_ref(),
+                xray: xray.as_ref().map(|(q, _)| q),
+                guard: &guard,
+                capture_attached: source.is_some(),
+            }));
+        }
     }
+    status.set_ready(false, "stopping");
+    // A second signal exits at once (the kernel detaches our links when the process ends).
+    signals.exit_on_next();
 
     // Stop: take what the kernel still holds, detach everything, finish open exchanges.
-    let _ = drain(&mut source, &mut assembler, &mut pipeline, &mut events);
-    let counters = source.counters();
-    drop(source);
+    let mut kernel = kernel_before;
+    if let Some(mut s) = source.take() {
+        let _ = drain(&mut s, &mut assembler, &mut pipeline, &mut events);
+        counters::add_kernel(&mut kernel, &s.counters());
+    }
+    let stop_ns = monotonic_now_ns();
     assembler.finish(&mut events);
     for event in events.drain(..) {
         pipeline.on_event(event).context("writing to stdout")?;
     }
     pipeline
-        .finish()
+        .finish(stop_ns)
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
-    let mut summary = summary(&counters, &assembler, &pipeline);
-    if let Some(e) = pipeline.enrich_stats() {
-        let pods = shared.pods.lock().unwrap_or_else(|e| e.into_inner());
-        let watch_errors = kube_stats
-            .as_ref()
-            .map_or(0, |s| s.errors.load(std::sync::atomic::Ordering::Relaxed));
-        for (k, v) in [
-            ("enrich_with_pod", e.with_pod),
-            ("enrich_container_without_pod", e.container_without_pod),
-            ("enrich_host_processes", e.host_processes),
-            ("enrich_excluded_by_annotation", e.excluded_by_annotation),
-            ("enrich_pids_evicted", e.pids_evicted),
-            ("enrich_pid_cache_resets", e.pid_cache_resets),
-            ("kube_pods_cached", pods.len() as u64),
-            ("kube_pod_events", pods.stats.applied + pods.stats.deleted),
-            ("kube_relists", pods.stats.relists),
-            ("kube_pods_rejected", pods.stats.rejected),
-            ("kube_watch_errors", watch_errors),
-        ] {
-            summary.push_str(&format!(" {k}={v}"));
-        }
-    }
-    if let Some((queue, task)) = xray {
+    if let Some((queue, task)) = &mut xray {
         // Deliver what is queued, within the deadline.
         queue.close();
         let deadline = Duration::from_secs(args.shutdown_timeout_secs);
@@ -163,92 +208,105 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 queue.len()
             );
         }
-        for (k, v) in queue.stats().pairs() {
-            summary.push_str(&format!(" {k}={v}"));
-        }
-        summary.push_str(&format!(" xray_undelivered_at_exit={}", queue.len()));
     }
-    tracing::info!("stopped; summary: {summary}");
+    let mut pairs = counters::collect(&counters::Sources {
+        kernel: &kernel,
+        assembler: &assembler,
+        pipeline: &pipeline,
+        shared: &shared,
+        kube: kube_stats.as_ref(),
+        xray: xray.as_ref().map(|(q, _)| q),
+        guard: &guard,
+        capture_attached: false,
+    });
+    if let Some((queue, _)) = &xray {
+        pairs.push(("xray_undelivered_at_exit".into(), queue.len() as u64));
+    }
+    status.publish(pairs.clone());
+    tracing::info!("stopped; summary: {}", counters::line(&pairs));
     Ok(())
 }
 
-/// Every counter of the run as `name=value` pairs, on one line.
-fn summary<W: std::io::Write>(
-    kernel: &[(&'static str, u64)],
-    assembler: &Assembler,
-    pipeline: &Pipeline<W>,
-) -> String {
-    let mut pairs: Vec<(String, u64)> = kernel
-        .iter()
-        .map(|(k, v)| (format!("kernel_{k}"), *v))
-        .collect();
-    pairs.push(("decode_errors".into(), assembler.decode_errors));
-    if let Some(j) = assembler.join_stats() {
-        pairs.extend(
-            [
-                ("join_calls", j.calls),
-                ("join_packets", j.packets),
-                ("join_calls_missing_payload", j.calls_missing_payload),
-                ("join_unknown_conn", j.unknown_conn),
-                ("join_packets_dropped", j.packets_dropped),
-                ("join_duplicate_packets", j.duplicate_packets),
-                ("join_fin_adjusted", j.fin_adjusted),
-                ("join_conns_evicted", j.conns_evicted),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
+fn filters(args: &RunArgs) -> Filters {
+    Filters {
+        include_namespaces: args.include_namespaces.clone(),
+        exclude_namespaces: args.exclude_namespaces.clone(),
+        include_pod_labels: args.include_pod_labels.clone(),
+        exclude_pod_labels: args.exclude_pod_labels.clone(),
+        include_processes: args.include_processes.clone(),
+        exclude_ports: args.exclude_ports.clone(),
+        trace_kube_probes: args.trace_kube_probes,
     }
-    if let Some(h) = pipeline.http_stats() {
-        pairs.extend(
-            [
-                ("http_exchanges", h.exchanges),
-                ("http_conns_opened", h.conns_opened),
-                ("http_conns_closed", h.conns_closed),
-                ("http_conns_expired", h.conns_expired),
-                ("http_conns_evicted", h.conns_evicted),
-                ("http_data_without_conn", h.data_without_conn),
-                ("http_not_http_conns", h.not_http_conns),
-                ("stream_duplicate_chunks", h.stream.duplicate_chunks),
-                ("stream_overlap_bytes", h.stream.overlap_bytes),
-                ("stream_gaps", h.stream.gaps),
-                ("stream_gap_bytes", h.stream.gap_bytes),
-                ("http_lost_messages", h.pairing.lost_messages),
-                ("http_unmatched_responses", h.pairing.unmatched_responses),
-                ("http_in_flight_overflow", h.pairing.in_flight_overflow),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
+}
+
+fn attach(options: &SourceOptions) -> anyhow::Result<KernelSource> {
+    let source = KernelSource::load(options)?;
+    tracing::info!(
+        hooks = source.attached().len(),
+        path = ?source.path(),
+        "capturing on {}",
+        source.attached().join(", ")
+    );
+    Ok(source)
+}
+
+fn shed(source: Option<&mut KernelSource>, on: bool, args: &RunArgs) {
+    if on {
+        tracing::warn!(
+            max_cpu_percent = args.max_cpu_percent,
+            max_memory_mb = args.max_memory_mb,
+            "over budget: shedding load (traced connections' data is counted, not captured)"
         );
+    } else {
+        tracing::info!("back under budget: capture resumes");
     }
-    if let Some(t) = pipeline.trace_stats() {
-        pairs.extend(
-            [
-                ("trace_segments", t.segments),
-                ("trace_subsegments_nested", t.subsegments_nested),
-                ("trace_subsegments_independent", t.subsegments_independent),
-                ("trace_client_segments", t.client_segments),
-                ("trace_linked_same_node", t.linked_same_node),
-                ("trace_linked_by_header", t.linked_by_header),
-                ("trace_parented_by_thread", t.parented_by_thread),
-                (
-                    "trace_parented_by_forwarded_header",
-                    t.parented_by_forwarded_header,
-                ),
-                ("trace_unparented_ambiguous", t.unparented_ambiguous),
-                (
-                    "trace_unparented_thread_hopping",
-                    t.unparented_thread_hopping,
-                ),
-                ("trace_not_sampled", t.not_sampled),
-                ("trace_forgotten", t.forgotten),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
+    if let Some(s) = source
+        && let Err(e) = s.set_shedding(on)
+    {
+        tracing::error!("{e:#}");
     }
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+}
+
+async fn wait(source: &mut Option<KernelSource>, interval: Duration) {
+    match source {
+        Some(s) => s.wait(interval).await,
+        None => tokio::time::sleep(interval).await,
+    }
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let on = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            usr1: on(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: on(SignalKind::user_defined2(), "SIGUSR2")?,
+        })
+    }
+
+    fn exit_on_next(self) {
+        let Self {
+            mut term, mut int, ..
+        } = self;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("second signal: exiting now, without flushing");
+            std::process::exit(130);
+        });
+    }
 }
 
 /// One pass of the loop: ring buffer → events → stages → exporter.
@@ -256,9 +314,18 @@ fn drain<W: std::io::Write>(
     source: &mut KernelSource,
     assembler: &mut Assembler,
     pipeline: &mut Pipeline<W>,
-    events: &mut Vec<crate::source::event::KernelEvent>,
+    events: &mut Vec<KernelEvent>,
 ) -> std::io::Result<()> {
     source.drain(|record| assembler.push(record, events));
+    idle(assembler, pipeline, events)
+}
+
+/// The periodic work of the stages, with or without a kernel source.
+fn idle<W: std::io::Write>(
+    assembler: &mut Assembler,
+    pipeline: &mut Pipeline<W>,
+    events: &mut Vec<KernelEvent>,
+) -> std::io::Result<()> {
     let now = monotonic_now_ns();
     assembler.tick(now, events);
     for event in events.drain(..) {

@@ -14,6 +14,10 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
+use crate::{
+    filter::{Dropped, Filters, Subject},
+    http::HttpOut,
+};
 use cgroup::{CgroupIdentity, parse_proc_cgroup};
 use pods::{PodIndex, PodMeta};
 
@@ -46,6 +50,8 @@ pub trait CgroupReader {
     fn read(&mut self, pid: u32) -> Option<String>;
     /// Whether the process still exists (cache entries of exited ones are evicted).
     fn alive(&mut self, pid: u32) -> bool;
+    /// The process's name (as in /proc/PID/comm).
+    fn name(&mut self, pid: u32) -> String;
 }
 
 pub struct ProcCgroups;
@@ -58,6 +64,12 @@ impl CgroupReader for ProcCgroups {
     fn alive(&mut self, pid: u32) -> bool {
         proc_file(pid, "stat").exists()
     }
+
+    fn name(&mut self, pid: u32) -> String {
+        std::fs::read_to_string(proc_file(pid, "comm"))
+            .map(|s| s.trim_end().to_owned())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +77,7 @@ pub struct EnrichConfig {
     pub cluster_name: Option<String>,
     /// This node's name (NODE_NAME).
     pub node_name: Option<String>,
+    pub filters: Filters,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +90,12 @@ pub struct EnrichStats {
     pub host_processes: u64,
     /// Segments dropped: their pod opts out (`xray-collector.io/exclude: "true"`).
     pub excluded_by_annotation: u64,
+    /// Segments dropped by the filters, by reason.
+    pub dropped_kube_probe: u64,
+    pub dropped_port: u64,
+    pub dropped_process: u64,
+    pub dropped_namespace: u64,
+    pub dropped_pod_labels: u64,
     /// pid cache entries evicted because the process exited.
     pub pids_evicted: u64,
     /// pid cache cleared because it was full.
@@ -92,7 +111,8 @@ pub struct Enricher<R: CgroupReader> {
     config: EnrichConfig,
     shared: SharedMeta,
     reader: R,
-    by_pid: HashMap<u32, CgroupIdentity>,
+    /// Per process: its cgroup identity and name.
+    by_pid: HashMap<u32, (CgroupIdentity, String)>,
     last_sweep_ns: u64,
     pub stats: EnrichStats,
 }
@@ -110,36 +130,42 @@ impl<R: CgroupReader> Enricher<R> {
     }
 
     /// Adds what is known of the segment's process; false when the segment must be dropped
-    /// (its pod opted out). Subsegments sent on their own keep their names: they are calls,
-    /// named after the host called.
+    /// (filtered out, or its pod opted out). Subsegments sent on their own keep their names:
+    /// they are calls, named after the host called.
     pub fn enrich(&mut self, segment: &mut Segment) -> bool {
         if segment.pid == 0 {
             return true;
         }
-        if segment.kind.is_some() {
-            let identity = self.identity(segment.pid);
-            let pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
-            let pod = pods.find(
-                identity.container_id.as_deref(),
-                identity.pod_uid.as_deref(),
-            );
-            if pod.is_some_and(|p| p.excluded) {
-                self.stats.excluded_by_annotation += 1;
-                return false;
-            }
-            return true;
-        }
-        let identity = self.identity(segment.pid);
+        let (identity, process) = self.identity(segment.pid);
         let pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
         let pod = pods.find(
             identity.container_id.as_deref(),
             identity.pod_uid.as_deref(),
         );
+        let subject = Subject {
+            port: segment.port,
+            process: &process,
+            pod: pod.map(|p| (p.namespace.as_str(), &p.labels, p.excluded)),
+        };
+        if let Err(reason) = self.config.filters.decide(&subject) {
+            let counter = match reason {
+                Dropped::Port => &mut self.stats.dropped_port,
+                Dropped::Process => &mut self.stats.dropped_process,
+                Dropped::Namespace => &mut self.stats.dropped_namespace,
+                Dropped::PodLabels => &mut self.stats.dropped_pod_labels,
+                Dropped::OptedOut => &mut self.stats.excluded_by_annotation,
+            };
+            *counter += 1;
+            return false;
+        }
+        let ports = &self.config.filters.exclude_ports;
+        if !ports.is_empty() {
+            segment.subsegments.retain(|s| !ports.contains(&s.port));
+        }
+        if segment.kind.is_some() {
+            return true;
+        }
         match pod {
-            Some(pod) if pod.excluded => {
-                self.stats.excluded_by_annotation += 1;
-                return false;
-            }
             Some(pod) => {
                 self.stats.with_pod += 1;
                 apply_pod(segment, pod, identity.container_id.as_deref(), &self.config);
@@ -167,6 +193,26 @@ impl<R: CgroupReader> Enricher<R> {
         true
     }
 
+    /// Whether an exchange of the HTTP stage goes on to the trace stage (health checks do
+    /// not, unless asked for).
+    pub fn keep(&mut self, event: &HttpOut) -> bool {
+        let request = match event {
+            HttpOut::Started { start, .. } => &start.request,
+            HttpOut::Done(e) => &e.exchange.request,
+        };
+        if self
+            .config
+            .filters
+            .drops_request(request.user_agent.as_deref())
+        {
+            if matches!(event, HttpOut::Done(_)) {
+                self.stats.dropped_kube_probe += 1;
+            }
+            return false;
+        }
+        true
+    }
+
     /// Evicts processes that exited (call regularly; does the work every 10 s).
     pub fn tick(&mut self, now_ns: u64) {
         if now_ns.saturating_sub(self.last_sweep_ns) < SWEEP_EVERY_NS {
@@ -183,21 +229,22 @@ impl<R: CgroupReader> Enricher<R> {
         self.by_pid.len()
     }
 
-    fn identity(&mut self, pid: u32) -> CgroupIdentity {
-        if let Some(id) = self.by_pid.get(&pid) {
-            return id.clone();
+    fn identity(&mut self, pid: u32) -> (CgroupIdentity, String) {
+        if let Some(found) = self.by_pid.get(&pid) {
+            return found.clone();
         }
         let id = self
             .reader
             .read(pid)
             .map(|text| parse_proc_cgroup(&text))
             .unwrap_or_default();
+        let name = self.reader.name(pid);
         if self.by_pid.len() >= MAX_PIDS {
             self.by_pid.clear();
             self.stats.pid_cache_resets += 1;
         }
-        self.by_pid.insert(pid, id.clone());
-        id
+        self.by_pid.insert(pid, (id.clone(), name.clone()));
+        (id, name)
     }
 }
 

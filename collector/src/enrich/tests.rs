@@ -20,6 +20,10 @@ impl CgroupReader for FakeProc {
     fn alive(&mut self, pid: u32) -> bool {
         self.cgroups.contains_key(&pid)
     }
+
+    fn name(&mut self, _pid: u32) -> String {
+        "python3".into()
+    }
 }
 
 fn segment(pid: u32) -> Segment {
@@ -41,6 +45,7 @@ fn segment(pid: u32) -> Segment {
         aws: None,
         subsegments: vec![],
         pid,
+        port: 8080,
     }
 }
 
@@ -53,6 +58,7 @@ fn pod() -> PodMeta {
         service_name_annotation: None,
         app_name_label: None,
         excluded: false,
+        labels: Default::default(),
         workload: Some(("Deployment".into(), "checkout".into())),
         containers: vec![(ID.into(), "app".into())],
     }
@@ -76,6 +82,7 @@ fn enricher(pods: &[PodMeta]) -> Enricher<FakeProc> {
         EnrichConfig {
             cluster_name: Some("prod".into()),
             node_name: Some("node-a".into()),
+            filters: Default::default(),
         },
         shared,
         proc,

@@ -144,6 +144,7 @@ mod tests {
             aws: None,
             subsegments: subs,
             pid: 0,
+            port: 0,
         }
     }
 

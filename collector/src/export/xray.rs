@@ -32,6 +32,8 @@ pub struct XrayConfig {
     pub endpoint_url: Option<String>,
     /// Documents held at most; beyond, the oldest are dropped (counted).
     pub queue_size: usize,
+    /// Where call latencies are observed (the `/metrics` histogram).
+    pub latency: Option<crate::status::metrics::ExportLatency>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,9 @@ struct Shared {
     closed: Notify,
     stats: XrayStats,
     capacity: usize,
+    latency: Option<crate::status::metrics::ExportLatency>,
+    /// Unprocessed-segment warnings: one per 10 s (all are counted).
+    log_throttle: Mutex<crate::logging::Throttle>,
 }
 
 /// The pipeline's handle: push documents, close at shutdown.
@@ -174,6 +179,8 @@ pub async fn start(
 
         stats: XrayStats::default(),
         capacity: config.queue_size.max(MAX_BATCH),
+        latency: config.latency.clone(),
+        log_throttle: Mutex::new(crate::logging::Throttle::new(Duration::from_secs(10))),
     });
     let task = tokio::spawn(send_loop(client, shared.clone()));
     Ok((XrayQueue { shared }, task))
@@ -228,16 +235,27 @@ async fn send_batch(
             .set_trace_segment_documents(Some(batch.clone()))
             .send()
             .await;
+        if let Some(latency) = &shared.latency {
+            latency.0.observe(started.elapsed().as_secs_f64());
+        }
         match result {
             Ok(out) => {
                 let unprocessed = out.unprocessed_trace_segments();
                 for u in unprocessed {
-                    tracing::warn!(
-                        id = u.id().unwrap_or("(none)"),
-                        code = u.error_code().unwrap_or(""),
-                        "X-Ray did not process a segment: {}",
-                        u.message().unwrap_or("")
-                    );
+                    let allowed = shared
+                        .log_throttle
+                        .lock()
+                        .expect("throttle lock")
+                        .allow(Instant::now());
+                    if let Some(held_back) = allowed {
+                        tracing::warn!(
+                            id = u.id().unwrap_or("(none)"),
+                            code = u.error_code().unwrap_or(""),
+                            held_back,
+                            "X-Ray did not process a segment: {}",
+                            u.message().unwrap_or("")
+                        );
+                    }
                 }
                 stats
                     .unprocessed
@@ -338,6 +356,8 @@ mod tests {
             closed: Notify::new(),
             stats: XrayStats::default(),
             capacity: 50,
+            latency: None,
+            log_throttle: Mutex::new(crate::logging::Throttle::new(Duration::from_secs(10))),
         });
         let q = XrayQueue { shared };
         for i in 0..60 {

@@ -56,6 +56,8 @@ pub struct ExchangeFlags {
     /// Paired after requests were lost on the connection: very likely right, but not certain
     /// under pipelining, so never used to link traces.
     pub paired_after_loss: bool,
+    /// Still open when the collector stopped: ended at the stop time.
+    pub ended_at_stop: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -356,6 +358,7 @@ impl Pairing {
                     upgraded: head.status == 101 || self.responses.is_tunnel(),
                     no_response: false,
                     paired_after_loss: std::mem::take(&mut self.after_loss),
+                    ended_at_stop: false,
                 };
                 out.push(HttpEvent::Done(self.exchange(
                     req,

@@ -160,7 +160,7 @@ fn assert_conversation(role: Role, calls: &[Call], expected: &[&str]) {
     );
 }
 
-const CLEAN: &str = "ExchangeFlags { end_approximate: false, end_from_tail: false, incomplete: false, no_response: false, request_truncated: false, upgraded: false, paired_after_loss: false }";
+const CLEAN: &str = "ExchangeFlags { end_approximate: false, end_from_tail: false, incomplete: false, no_response: false, request_truncated: false, upgraded: false, paired_after_loss: false, ended_at_stop: false }";
 
 fn clean(s: &str) -> String {
     format!("{s} {CLEAN}")
@@ -342,6 +342,38 @@ fn a_request_without_a_response_is_reported_when_the_connection_closes() {
     assert_eq!(ex.len(), 1);
     assert!(ex[0].flags.no_response);
     assert_eq!(ex[0].response, None);
+}
+
+#[test]
+fn at_stop_open_exchanges_end_at_the_stop_time_and_say_so() {
+    let mut evs = events(
+        Role::Server,
+        &[
+            recv(10, b"GET /done HTTP/1.1\r\n\r\n"),
+            send(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            recv(30, b"GET /open HTTP/1.1\r\n\r\n"),
+        ],
+        usize::MAX,
+    );
+    evs.retain(|e| !matches!(e, KernelEvent::ConnClose(_)));
+    let mut t = HttpTracker::new(TrackerLimits::default());
+    let mut out = Vec::new();
+    for e in evs {
+        t.on_event(e, &mut out);
+    }
+    t.close_all(1_000, &mut out);
+    let ex: Vec<Exchange> = out
+        .into_iter()
+        .filter_map(|o| o.into_exchange())
+        .map(|c| c.exchange)
+        .collect();
+    assert_eq!(ex.len(), 2);
+    assert!(!ex[0].flags.ended_at_stop, "finished before the stop");
+    assert_eq!(
+        (ex[1].request.target.as_str(), ex[1].end_ns),
+        ("/open", 1_000)
+    );
+    assert!(ex[1].flags.ended_at_stop && ex[1].flags.no_response);
 }
 
 #[test]

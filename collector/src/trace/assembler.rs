@@ -373,6 +373,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     fault: sub.fault,
                     annotations: BTreeMap::new(),
                     aws: Some(xray_block()),
+                    port: sub.port,
                     subsegments: vec![sub],
                     pid: self.reqs[&key].start.pid,
                 };
@@ -564,10 +565,12 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 .annotations
                 .iter()
                 .map(|(k, v)| (annotation_key(k), v.clone()))
+                .chain(ended_at_stop(x))
                 .collect(),
             aws: Some(xray_block()),
             subsegments: vec![],
             pid: req.start.pid,
+            port: e.conn.local.map_or(0, |a| a.port()),
         }
     }
 
@@ -612,10 +615,11 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             error,
             throttle,
             fault,
-            annotations: BTreeMap::new(),
+            annotations: ended_at_stop(x).collect(),
             aws: None,
             subsegments: vec![],
             pid: req.start.pid,
+            port: e.conn.remote.map_or(0, |a| a.port()),
         })
     }
 
@@ -751,6 +755,16 @@ fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
         Some(s) if (500..600).contains(&s) => (false, false, true),
         _ => (false, false, false),
     }
+}
+
+/// Exchanges still open when the collector stopped end at the stop time, and say so.
+fn ended_at_stop(
+    x: &crate::http::exchange::Exchange,
+) -> impl Iterator<Item = (String, serde_json::Value)> {
+    x.flags
+        .ended_at_stop
+        .then(|| ("ended_at_collector_stop".to_owned(), true.into()))
+        .into_iter()
 }
 
 /// Says who made the segment, as the SDKs do.

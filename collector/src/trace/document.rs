@@ -48,6 +48,9 @@ pub struct Segment {
     /// The process that served or made the request (for enrichment; never exported).
     #[serde(skip)]
     pub pid: u32,
+    /// The port served (segments) or called (subsegments), for filters; never exported.
+    #[serde(skip)]
+    pub port: u16,
 }
 
 /// The `aws` block: who made the segment (as the SDKs say it), and where it ran.
@@ -213,6 +216,7 @@ mod tests {
             annotations: BTreeMap::new(),
             aws: None,
             pid: 0,
+            port: 0,
             subsegments: (0..subsegments)
                 .map(|_| Segment {
                     name: "b".into(),

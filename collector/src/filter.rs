@@ -1,0 +1,165 @@
+//! What not to trace. Process-name exclusion and the collector's own traffic are filtered in
+//! the kernel; Kubernetes health checks (`User-Agent: kube-probe/…`) as soon as an exchange
+//! is parsed; the rest per segment in the enrichment stage, where the pod is known. Defaults
+//! drop health checks and pods that opt out by annotation.
+
+use std::{collections::BTreeMap, str::FromStr};
+
+/// A Kubernetes label selector: comma-separated requirements `k=v`, `k==v`, `k!=v`, `k`,
+/// `!k`, `k in (a,b)`, `k notin (a,b)` (the syntax of `kubectl -l`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selector(Vec<Requirement>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl FromStr for Selector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut reqs = Vec::new();
+        let mut depth = 0;
+        let mut start = 0;
+        let mut parts = Vec::new();
+        for (i, c) in s.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&s[start..]);
+        for part in parts.into_iter().map(str::trim) {
+            let bad = || format!("label selector {s:?}: cannot parse {part:?}");
+            let req = if let Some(key) = part.strip_prefix('!') {
+                Requirement::DoesNotExist(valid_key(key.trim()).ok_or_else(bad)?)
+            } else if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotIn(valid_key(k.trim()).ok_or_else(bad)?, vec![v.trim().into()])
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::In(valid_key(k.trim()).ok_or_else(bad)?, vec![v.trim().into()])
+            } else if let Some((k, set)) = split_set(part, " notin ") {
+                Requirement::NotIn(valid_key(k).ok_or_else(bad)?, set.ok_or_else(bad)?)
+            } else if let Some((k, set)) = split_set(part, " in ") {
+                Requirement::In(valid_key(k).ok_or_else(bad)?, set.ok_or_else(bad)?)
+            } else {
+                Requirement::Exists(valid_key(part).ok_or_else(bad)?)
+            };
+            reqs.push(req);
+        }
+        Ok(Self(reqs))
+    }
+}
+
+fn valid_key(k: &str) -> Option<String> {
+    (!k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)))
+    .then(|| k.to_owned())
+}
+
+fn split_set<'a>(part: &'a str, op: &str) -> Option<(&'a str, Option<Vec<String>>)> {
+    let (k, rest) = part.split_once(op)?;
+    let inner = rest.trim().strip_prefix('(')?.strip_suffix(')');
+    Some((
+        k.trim(),
+        inner.map(|i| i.split(',').map(|v| v.trim().to_owned()).collect()),
+    ))
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+/// The operator's filters.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub include_namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+    pub include_pod_labels: Option<Selector>,
+    pub exclude_pod_labels: Option<Selector>,
+    pub include_processes: Vec<String>,
+    pub exclude_ports: Vec<u16>,
+    pub trace_kube_probes: bool,
+}
+
+/// Why a segment was filtered out (each counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    Port,
+    Process,
+    Namespace,
+    PodLabels,
+    OptedOut,
+}
+
+/// What a decision looks at.
+pub struct Subject<'a> {
+    pub port: u16,
+    pub process: &'a str,
+    /// (namespace, labels, opted out) of the pod, when the process runs in a known pod.
+    pub pod: Option<(&'a str, &'a BTreeMap<String, String>, bool)>,
+}
+
+impl Filters {
+    /// Exchanges dropped as soon as they are parsed, on both ends (the kubelet's client side
+    /// is traced too): Kubernetes health checks.
+    pub fn drops_request(&self, user_agent: Option<&str>) -> bool {
+        !self.trace_kube_probes && user_agent.is_some_and(|ua| ua.starts_with("kube-probe/"))
+    }
+
+    pub fn decide(&self, s: &Subject<'_>) -> Result<(), Dropped> {
+        if s.port != 0 && self.exclude_ports.contains(&s.port) {
+            return Err(Dropped::Port);
+        }
+        if !self.include_processes.is_empty()
+            && !self.include_processes.iter().any(|p| p == s.process)
+        {
+            return Err(Dropped::Process);
+        }
+        let namespace = s.pod.map(|(ns, _, _)| ns);
+        if !self.include_namespaces.is_empty()
+            && !namespace.is_some_and(|ns| self.include_namespaces.iter().any(|n| n == ns))
+        {
+            return Err(Dropped::Namespace);
+        }
+        if namespace.is_some_and(|ns| self.exclude_namespaces.iter().any(|n| n == ns)) {
+            return Err(Dropped::Namespace);
+        }
+        let empty = BTreeMap::new();
+        let labels = s.pod.map_or(&empty, |(_, l, _)| l);
+        if let Some(sel) = &self.include_pod_labels
+            && (s.pod.is_none() || !sel.matches(labels))
+        {
+            return Err(Dropped::PodLabels);
+        }
+        if let Some(sel) = &self.exclude_pod_labels
+            && s.pod.is_some()
+            && sel.matches(labels)
+        {
+            return Err(Dropped::PodLabels);
+        }
+        if s.pod.is_some_and(|(_, _, opted_out)| opted_out) {
+            return Err(Dropped::OptedOut);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
