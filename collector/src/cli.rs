@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub drain_interval_ms: u64,
 
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (`off` to disable).
-    #[arg(long, env = "COLLECTOR_METRICS_BIND", default_value = "127.0.0.1:9464", value_parser = parse_bind)]
+    #[arg(long, env = "COLLECTOR_METRICS_BIND", default_value = DEFAULT_METRICS_BIND, value_parser = parse_bind)]
     pub metrics_bind: Bind,
 
     /// CPU budget, in percent of one core: beyond it capture sheds load (0 = none).
@@ -206,6 +206,8 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9464";
 
 /// A listen address, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -36,8 +36,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::http::redact::allow_query_params(args.allowed_query_params.clone());
     let status = Status::default();
     if let Some(bind) = args.metrics_bind.0 {
-        let addr = status::server::start(bind, status.clone()).await?;
-        tracing::info!("metrics on http://{addr}/metrics (health: /healthz, /readyz)");
+        match status::server::start(bind, status.clone()).await {
+            Ok(addr) => {
+                tracing::info!("metrics on http://{addr}/metrics (health: /healthz, /readyz)")
+            }
+            // Nobody asked for the default address: its being taken stops nothing.
+            Err(e) if bind.to_string() == crate::cli::DEFAULT_METRICS_BIND => {
+                tracing::warn!("{e:#}; running without /metrics")
+            }
+            Err(e) => return Err(e),
+        }
     }
     let source_options = SourceOptions {
         capture_path: args.capture_path,
