@@ -141,6 +141,26 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub drain_interval_ms: u64,
 
+    /// UDP address for X-Ray SDK segments, as the X-Ray daemon's `-b` (default: from
+    /// AWS_XRAY_DAEMON_ADDRESS, else 127.0.0.1:2000; `off` to disable).
+    #[arg(short = 'b', long, env = "COLLECTOR_BIND", value_parser = parse_bind)]
+    pub bind: Option<Bind>,
+
+    /// TCP address of the sampling proxy for X-Ray SDKs, as the daemon's `-t` (default: from
+    /// AWS_XRAY_DAEMON_ADDRESS, else 127.0.0.1:2000; `off` to disable).
+    #[arg(short = 't', long, env = "COLLECTOR_BIND_TCP", value_parser = parse_bind)]
+    pub bind_tcp: Option<Bind>,
+
+    /// Sampling of the traces the collector makes: `auto` applies it to the xray exporter
+    /// only (stdout shows everything), `on` to every trace exporter, `off` to none.
+    #[arg(long, env = "COLLECTOR_SAMPLING", value_enum, default_value = "auto")]
+    pub sampling: SamplingMode,
+
+    /// Local sampling rules (the X-Ray SDKs' JSON format, version 2) instead of X-Ray's
+    /// centralized rules.
+    #[arg(long, env = "COLLECTOR_SAMPLING_RULES")]
+    pub sampling_rules: Option<std::path::PathBuf>,
+
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served (`off` to disable).
     #[arg(long, env = "COLLECTOR_METRICS_BIND", default_value = DEFAULT_METRICS_BIND, value_parser = parse_bind)]
     pub metrics_bind: Bind,
@@ -199,6 +219,13 @@ pub struct RunArgs {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(short = 'l', long, env = "COLLECTOR_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplingMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -15,6 +15,8 @@ pub mod guard;
 pub mod http;
 pub mod logging;
 pub mod pipeline;
+pub mod relay;
+pub mod sampling;
 pub mod source;
 pub mod status;
 pub mod stream;

@@ -7,6 +7,7 @@ use crate::{
     enrich::{EnrichStats, Enricher, ProcCgroups},
     export::{OutputFormat, SegmentExporter, events::EventPrinter, exchanges::ExchangePrinter},
     http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
+    sampling::{Sampler, SamplingStats},
     source::{clock::Clock, event::KernelEvent},
     trace::{Segment, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
 };
@@ -26,6 +27,8 @@ pub enum Pipeline<W: Write> {
         tracker: HttpTracker,
         assembler: TraceAssembler<ProcFs>,
         enricher: Enricher<ProcCgroups>,
+        /// Sampling of the traces we make (none: every trace is kept).
+        sampler: Option<Sampler>,
         exporter: Box<dyn SegmentExporter>,
         http: Vec<HttpOut>,
         segments: Vec<Segment>,
@@ -51,11 +54,13 @@ impl<W: Write> Pipeline<W> {
         limits: TrackerLimits,
         config: TraceConfig,
         enricher: Enricher<ProcCgroups>,
+        sampler: Option<Sampler>,
     ) -> Self {
         Self::Traces {
             tracker: HttpTracker::new(limits),
             assembler: TraceAssembler::new(config, clock, ProcFs::default()),
             enricher,
+            sampler,
             exporter,
             http: Vec::new(),
             segments: Vec::new(),
@@ -105,6 +110,7 @@ impl<W: Write> Pipeline<W> {
                 tracker,
                 assembler,
                 enricher,
+                sampler,
                 exporter,
                 http,
                 segments,
@@ -114,7 +120,7 @@ impl<W: Write> Pipeline<W> {
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, segments);
                 enricher.tick(now_ns);
-                segments.retain_mut(|s| enricher.enrich(s));
+                finish_segments(enricher, sampler.as_mut(), segments);
                 exporter.export(segments)
             }
         }
@@ -136,6 +142,7 @@ impl<W: Write> Pipeline<W> {
                 tracker,
                 assembler,
                 enricher,
+                sampler,
                 exporter,
                 http,
                 segments,
@@ -144,7 +151,7 @@ impl<W: Write> Pipeline<W> {
                 http.retain(|h| enricher.keep(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(segments);
-                segments.retain_mut(|s| enricher.enrich(s));
+                finish_segments(enricher, sampler.as_mut(), segments);
                 exporter.export(segments)
             }
         }
@@ -172,12 +179,63 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    pub fn sampling_stats(&self) -> Option<SamplingStats> {
+        match self {
+            Self::Traces {
+                sampler: Some(s), ..
+            } => Some(s.stats),
+            _ => None,
+        }
+    }
+
+    /// SDK documents from the relay, to the exporter unchanged (trace exporters only).
+    pub fn export_documents(&mut self, docs: &mut Vec<String>) -> std::io::Result<()> {
+        match self {
+            Self::Traces { exporter, .. } => exporter.export_documents(docs),
+            _ => {
+                docs.clear();
+                Ok(())
+            }
+        }
+    }
+
     pub fn enrich_stats(&self) -> Option<EnrichStats> {
         match self {
             Self::Traces { enricher, .. } => Some(enricher.stats),
             _ => None,
         }
     }
+}
+
+/// Enrichment (names, pods; filters and SDK duplicates dropped), then sampling, which
+/// decides per trace on the root's service as enrichment names it.
+fn finish_segments(
+    enricher: &mut Enricher<ProcCgroups>,
+    sampler: Option<&mut Sampler>,
+    segments: &mut Vec<Segment>,
+) {
+    segments.retain_mut(|s| enricher.enrich(s));
+    let Some(sampler) = sampler else {
+        return;
+    };
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    segments.retain(|s| {
+        let (Some(trace_id), Some(root)) = (&s.trace_id, &s.root) else {
+            return true;
+        };
+        let (name, origin) = if root.pid == s.pid && s.kind.is_none() {
+            (
+                s.name.clone(),
+                s.origin.as_deref().unwrap_or_default().to_owned(),
+            )
+        } else {
+            let (n, o) = enricher.service_of(root.pid);
+            (n, o.to_owned())
+        };
+        sampler.keep(trace_id, root, &name, &origin, now_secs)
+    });
 }
 
 fn export<W: Write>(

@@ -15,6 +15,8 @@ const FAKE_CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_SECRET_ACCESS_KEY", "test"),
 ];
 
+const SAMPLE_ALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/sample_all.json");
+
 fn xray_collector(endpoint_port: u16, extra: &[&str]) -> Collector {
     let endpoint = format!("http://127.0.0.1:{endpoint_port}");
     let mut args = vec![
@@ -28,6 +30,9 @@ fn xray_collector(endpoint_port: u16, extra: &[&str]) -> Collector {
         "curl",
         "--trace-hold-ms",
         "300",
+        // Every trace is counted at moto: an explicit 100 % local rule.
+        "--sampling-rules",
+        SAMPLE_ALL,
     ];
     args.extend_from_slice(extra);
     Collector::start_with_env(&args, &FAKE_CREDENTIALS)

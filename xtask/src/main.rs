@@ -2,6 +2,7 @@
 //! build the eBPF programs (see `setup`), then does its job.
 
 mod bench;
+mod bench_relay;
 mod demo;
 mod kube_apiserver;
 
@@ -45,9 +46,12 @@ enum Command {
         /// Fixed rates (req/s) besides saturation.
         #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 30000])]
         rates: Vec<u32>,
-        /// Parts to run: servers, not-http.
-        #[arg(long, value_delimiter = ',', default_values_t = ["servers".to_owned(), "not-http".to_owned()])]
+        /// Parts to run: servers, not-http, relay.
+        #[arg(long, value_delimiter = ',', default_values_t = ["servers".to_owned(), "not-http".to_owned(), "relay".to_owned()])]
         parts: Vec<String>,
+        /// Rates of SDK segments per second for the relay part.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 40_000, 80_000])]
+        relay_rates: Vec<u64>,
     },
     /// The demo, no SDK: service A calls service B for each request; the collector traces
     /// both and prints the linked traces (extra ARGS go to `collector run`).
@@ -126,19 +130,34 @@ fn run(command: Command) -> anyhow::Result<()> {
             seconds,
             rates,
             parts,
+            relay_rates,
         } => {
             let servers = parts.iter().any(|p| p == "servers");
             let not_http = parts.iter().any(|p| p == "not-http");
-            bench::run(
-                &root,
-                &bench::BenchOptions {
-                    reps,
-                    seconds,
-                    rates,
-                    servers,
-                    not_http,
-                },
-            )
+            if servers || not_http {
+                bench::run(
+                    &root,
+                    &bench::BenchOptions {
+                        reps,
+                        seconds,
+                        rates,
+                        servers,
+                        not_http,
+                    },
+                )?;
+            }
+            if parts.iter().any(|p| p == "relay") {
+                setup::build_chain()?;
+                shell::step("building the collector (release)", || {
+                    shell::cargo(&["build", "--release", "--bins"])
+                })?;
+                let report = bench_relay::run(&root, &relay_rates, seconds)?;
+                let path = root.join("target/bench/relay.json");
+                std::fs::create_dir_all(root.join("target/bench"))?;
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+                eprintln!("xtask: relay report in {}", path.display());
+            }
+            Ok(())
         }
 
         Command::Demo { requests, a, args } => {

@@ -239,7 +239,7 @@ fn bpf_linker_llvm_major() -> Option<u32> {
 }
 
 /// The Python environment of the tests: `moto[server]` (an X-Ray API peer) and boto3, and
-/// `prometheus_client` (whose parser checks our `/metrics`),
+/// `prometheus_client` (whose parser checks our `/metrics`), `aws-xray-sdk` (a real SDK app),
 /// in a venv outside the work tree so it survives clean clones. Returns the venv directory.
 pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
     let home = std::env::var_os("HOME")
@@ -249,7 +249,10 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
     let python = venv.join("bin/python");
     let ready = python.exists()
         && Command::new(&python)
-            .args(["-c", "import moto, boto3, flask, prometheus_client"])
+            .args([
+                "-c",
+                "import moto, boto3, flask, prometheus_client, aws_xray_sdk",
+            ])
             .output()
             .is_ok_and(|o| o.status.success())
         && venv.join("bin/moto_server").exists();
@@ -261,7 +264,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
         return Ok(venv);
     }
     let by_hand = format!(
-        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]' prometheus_client",
+        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]' prometheus_client aws-xray-sdk",
         venv.display()
     );
     shell::step(
@@ -274,6 +277,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
                 "-q",
                 "moto[server]",
                 "prometheus_client",
+                "aws-xray-sdk",
             ]))
             .with_context(|| format!("run by hand: {by_hand}"))
         },

@@ -8,6 +8,7 @@ use crate::{
     export::xray::XrayQueue,
     guard::Guard,
     pipeline::Pipeline,
+    relay::RelayStats,
     source::Assembler,
 };
 
@@ -21,6 +22,7 @@ pub struct Sources<'a, W: std::io::Write> {
     pub xray: Option<&'a XrayQueue>,
     pub guard: &'a Guard,
     pub capture_attached: bool,
+    pub relay: Option<&'a RelayStats>,
 }
 
 pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
@@ -92,6 +94,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
             ("enrich_container_without_pod", e.container_without_pod),
             ("enrich_host_processes", e.host_processes),
             ("enrich_excluded_by_annotation", e.excluded_by_annotation),
+            ("enrich_dropped_sdk_duplicate", e.dropped_sdk_duplicate),
             ("filter_dropped_kube_probe", e.dropped_kube_probe),
             ("filter_dropped_port", e.dropped_port),
             ("filter_dropped_process", e.dropped_process),
@@ -108,6 +111,20 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
                 s.kube.map_or(0, |k| k.errors.load(Ordering::Relaxed)),
             ),
         ]);
+    }
+    if let Some(st) = s.pipeline.sampling_stats() {
+        add(&[
+            ("sampling_traces_sampled", st.traces_sampled),
+            ("sampling_traces_not_sampled", st.traces_not_sampled),
+            ("sampling_traces_forced", st.traces_forced),
+            ("sampling_segments_dropped", st.segments_dropped),
+        ]);
+    }
+    if let Some(r) = s.relay {
+        let relay = r.pairs();
+        let relay: Vec<(&str, u64)> = relay.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        add(&relay);
+        add(&[("sdk_senders", s.shared.sdk_senders.len() as u64)]);
     }
     if let Some(q) = s.xray {
         let pairs: Vec<(&str, u64)> = q.stats().pairs();

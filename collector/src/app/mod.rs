@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    cli::{ExporterKind, RunArgs},
+    cli::{ExporterKind, RunArgs, SamplingMode},
     enrich::{EnrichConfig, Enricher, ProcCgroups, SharedMeta, ec2, kube_watch},
     export::{
         traces::TracePrinter,
@@ -21,6 +21,8 @@ use crate::{
     guard::{Budget, Guard, measure},
     http::TrackerLimits,
     pipeline::Pipeline,
+    relay,
+    sampling::{self, Sampler},
     source::{
         Assembler,
         clock::{Clock, monotonic_now_ns},
@@ -53,7 +55,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ringbuf_bytes: args.ringbuf_bytes,
         exclude_processes: args.exclude_processes.clone(),
     };
-    let mut source = Some(attach(&source_options)?);
+    let mut source = if args.capture_path == CapturePath::Off {
+        tracing::info!("capture off (--capture-path off): relaying X-Ray SDK segments only");
+        None
+    } else {
+        Some(attach(&source_options)?)
+    };
     let mut assembler = match source.as_ref().map(KernelSource::path) {
         Some(CapturePath::Socket) => Assembler::socket_path(JoinLimits {
             capture_bytes: args.capture_bytes as usize,
@@ -88,6 +95,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ProcCgroups,
         )
     };
+    let xray_config = XrayConfig {
+        region: args.region.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        queue_size: args.xray_queue_size as usize,
+        latency: Some(status.export_latency().clone()),
+    };
+    // AWS settings: required by the xray exporter; elsewhere only when a region is given
+    // (the sampling proxy and centralized sampling need them).
+    let aws = if args.exporter == ExporterKind::Xray {
+        Some(xray::load_aws(&xray_config).await?)
+    } else if args.region.is_some() {
+        xray::load_aws(&xray_config).await.ok()
+    } else {
+        None
+    };
+    let sampler = sampler(&args, aws.as_ref(), &xray_config)?;
     let mut xray = None;
     let mut pipeline = match args.exporter {
         ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
@@ -100,15 +123,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             TrackerLimits::default(),
             trace_config,
             enricher(),
+            sampler,
         ),
         ExporterKind::Xray => {
-            let (queue, task) = xray::start(&XrayConfig {
-                region: args.region.clone(),
-                endpoint_url: args.endpoint_url.clone(),
-                queue_size: args.xray_queue_size as usize,
-                latency: Some(status.export_latency().clone()),
-            })
-            .await?;
+            let (queue, task) = xray::start(&xray_config, aws.as_ref().expect("loaded above"));
             xray = Some((queue.clone(), task));
             Pipeline::traces(
                 Box::new(queue),
@@ -116,9 +134,53 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 TrackerLimits::default(),
                 trace_config,
                 enricher(),
+                sampler,
             )
         }
     };
+    // The X-Ray daemon's job: SDK segments on UDP, sampling requests on TCP.
+    let (sdk_docs_tx, sdk_docs) = std::sync::mpsc::sync_channel::<String>(SDK_DOCS_WAITING);
+    let mut relay_stats = None;
+    if matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+        let (udp, tcp) = relay_addresses(&args)?;
+        if let Some(bind) = udp {
+            let sink = match &xray {
+                Some((q, _)) => relay::Sink::Xray(q.clone()),
+                None => relay::Sink::MainLoop(sdk_docs_tx),
+            };
+            match relay::start_udp(bind, sink, shared.clone(), shared.sdk_senders.clone()).await {
+                Ok((addr, stats)) => {
+                    tracing::info!("X-Ray SDK segments accepted on udp://{addr}");
+                    relay_stats = Some(stats);
+                }
+                Err(e) if args.bind.is_none() => tracing::warn!("{e:#}; no SDK relay"),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(bind) = tcp {
+            match &aws {
+                Some(sdk) => {
+                    let upstream = relay::proxy::Upstream {
+                        endpoint: xray::endpoint(&xray_config, sdk),
+                        region: sdk.region().map_or("us-east-1".into(), |r| r.to_string()),
+                        credentials: sdk
+                            .credentials_provider()
+                            .context("no AWS credentials provider")?,
+                    };
+                    match relay::proxy::start(bind, upstream).await {
+                        Ok(addr) => tracing::info!("X-Ray SDK sampling proxy on tcp://{addr}"),
+                        Err(e) if args.bind_tcp.is_none() => {
+                            tracing::warn!("{e:#}; no sampling proxy")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => tracing::info!(
+                    "no sampling proxy for X-Ray SDKs: it needs AWS settings (--exporter xray, or a region)"
+                ),
+            }
+        }
+    }
     status.set_ready(true, "");
 
     let mut signals = Signals::install()?;
@@ -156,6 +218,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             () = wait(&mut source, interval) => {}
         }
+        let mut docs: Vec<String> = sdk_docs.try_iter().take(SDK_DOCS_WAITING).collect();
+        if !docs.is_empty()
+            && let Err(e) = pipeline.export_documents(&mut docs)
+        {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                break;
+            }
+            return Err(e).context("writing to stdout");
+        }
         let step = match source.as_mut() {
             Some(s) => drain(s, &mut assembler, &mut pipeline, &mut events),
             None => idle(&mut assembler, &mut pipeline, &mut events),
@@ -184,6 +255,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 xray: xray.as_ref().map(|(q, _)| q),
                 guard: &guard,
                 capture_attached: source.is_some(),
+                relay: relay_stats.as_deref(),
             }));
         }
     }
@@ -226,6 +298,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         xray: xray.as_ref().map(|(q, _)| q),
         guard: &guard,
         capture_attached: false,
+        relay: relay_stats.as_deref(),
     });
     if let Some((queue, _)) = &xray {
         pairs.push(("xray_undelivered_at_exit".into(), queue.len() as u64));
@@ -233,6 +306,69 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     status.publish(pairs.clone());
     tracing::info!("stopped; summary: {}", counters::line(&pairs));
     Ok(())
+}
+
+/// SDK documents waiting for the main loop (stdout exporter); beyond, they are counted as
+/// dropped by the relay.
+const SDK_DOCS_WAITING: usize = 65_536;
+
+/// The relay's UDP and TCP addresses: flags (or their environment variables), else
+/// AWS_XRAY_DAEMON_ADDRESS, else 127.0.0.1:2000 for both.
+fn relay_addresses(
+    args: &RunArgs,
+) -> anyhow::Result<(Option<std::net::SocketAddr>, Option<std::net::SocketAddr>)> {
+    let from_env = match std::env::var("AWS_XRAY_DAEMON_ADDRESS") {
+        Ok(v) if !v.trim().is_empty() => {
+            Some(relay::daemon_address(&v).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let default: std::net::SocketAddr = "127.0.0.1:2000".parse().expect("valid");
+    let udp = args
+        .bind
+        .map(|b| b.0)
+        .unwrap_or(Some(from_env.map_or(default, |(u, _)| u)));
+    let tcp = args
+        .bind_tcp
+        .map(|b| b.0)
+        .unwrap_or(Some(from_env.map_or(default, |(_, t)| t)));
+    Ok((udp, tcp))
+}
+
+/// Sampling of our traces: local rules from a file, X-Ray's centralized rules (polled), or
+/// none — by default only for the xray exporter.
+fn sampler(
+    args: &RunArgs,
+    aws: Option<&aws_config::SdkConfig>,
+    xray_config: &XrayConfig,
+) -> anyhow::Result<Option<Sampler>> {
+    let on = match args.sampling {
+        SamplingMode::Off => false,
+        SamplingMode::On => true,
+        SamplingMode::Auto => args.exporter == ExporterKind::Xray,
+    };
+    if !on || !matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+        return Ok(None);
+    }
+    if let Some(path) = &args.sampling_rules {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--sampling-rules {}", path.display()))?;
+        let rules = sampling::rules::parse_local(&text)
+            .map_err(|e| anyhow::anyhow!("--sampling-rules {}: {e}", path.display()))?;
+        tracing::info!(rules = rules.len(), "local sampling rules");
+        return Ok(Some(Sampler::with_rules(rules)));
+    }
+    let rules = std::sync::Arc::new(std::sync::Mutex::new(sampling::default_rules()));
+    match aws {
+        Some(sdk) => {
+            let _ = xray_config;
+            sampling::poller::spawn(aws_sdk_xray::Client::new(sdk), rules.clone());
+        }
+        None => tracing::info!(
+            "sampling by the default rule (1/s, then 5 %): no AWS settings to fetch X-Ray's rules"
+        ),
+    }
+    Ok(Some(Sampler::new(rules)))
 }
 
 fn filters(args: &RunArgs) -> Filters {

@@ -19,6 +19,8 @@ use crate::{
     http::HttpOut,
 };
 use cgroup::{CgroupIdentity, parse_proc_cgroup};
+
+use crate::relay::senders::SdkSenders;
 use pods::{PodIndex, PodMeta};
 
 use crate::trace::{
@@ -43,6 +45,8 @@ pub struct Ec2Meta {
 pub struct SharedMeta {
     pub pods: Arc<Mutex<PodIndex>>,
     pub ec2: Arc<RwLock<Option<Ec2Meta>>>,
+    /// Processes and pods that send their own X-Ray SDK segments (the UDP relay marks them).
+    pub sdk_senders: SdkSenders,
 }
 
 /// How to read a process's cgroup membership (the real one reads /proc).
@@ -90,6 +94,8 @@ pub struct EnrichStats {
     pub host_processes: u64,
     /// Segments dropped: their pod opts out (`xray-collector.io/exclude: "true"`).
     pub excluded_by_annotation: u64,
+    /// Segments dropped because their process sends its own SDK segments (the SDK wins).
+    pub dropped_sdk_duplicate: u64,
     /// Segments dropped by the filters, by reason.
     pub dropped_kube_probe: u64,
     pub dropped_port: u64,
@@ -147,6 +153,15 @@ impl<R: CgroupReader> Enricher<R> {
             process: &process,
             pod: pod.map(|p| (p.namespace.as_str(), &p.labels, p.excluded)),
         };
+        let instrumented = self.shared.sdk_senders.is_instrumented(
+            segment.pid,
+            pod.map(|p| p.uid.as_str()),
+            std::time::Instant::now(),
+        );
+        if instrumented {
+            self.stats.dropped_sdk_duplicate += 1;
+            return false;
+        }
         if let Err(reason) = self.config.filters.decide(&subject) {
             let counter = match reason {
                 Dropped::Port => &mut self.stats.dropped_port,
@@ -191,6 +206,24 @@ impl<R: CgroupReader> Enricher<R> {
             segment.origin.get_or_insert_with(|| ORIGIN_EC2.to_owned());
         }
         true
+    }
+
+    /// The service name and origin segments of this process get (for sampling rules).
+    pub fn service_of(&mut self, pid: u32) -> (String, &'static str) {
+        let (identity, process) = self.identity(pid);
+        let pods = self.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+        match pods.find(
+            identity.container_id.as_deref(),
+            identity.pod_uid.as_deref(),
+        ) {
+            Some(pod) => (
+                sanitize_name(
+                    &service_name(pod, identity.container_id.as_deref()).unwrap_or(process),
+                ),
+                ORIGIN_EKS,
+            ),
+            None => (sanitize_name(&process), ""),
+        }
     }
 
     /// Whether an exchange of the HTTP stage goes on to the trace stage (health checks do

@@ -35,6 +35,8 @@ pub struct PodMeta {
     pub workload: Option<(String, String)>,
     /// (container id without scheme, container name).
     pub containers: Vec<(String, String)>,
+    /// The pod's IPs (`status.podIPs`), unless it shares the node's network.
+    pub ips: Vec<String>,
 }
 
 impl PodMeta {
@@ -67,7 +69,27 @@ impl PodMeta {
                 (!id.is_empty()).then(|| (id.to_ascii_lowercase(), c.name.clone()))
             })
             .collect();
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let ips = pod
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.pod_ips
+                    .iter()
+                    .flatten()
+                    .map(|ip| ip.ip.clone())
+                    .chain(s.pod_ip.clone())
+            })
+            .filter(|_| !host_network)
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
         Some(Self {
+            ips,
             uid,
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -208,6 +230,11 @@ impl PodIndex {
                 }
             }
         }
+    }
+
+    /// The pod with this IP (pods on the node's own network have none here).
+    pub fn find_by_ip(&self, ip: &str) -> Option<&PodMeta> {
+        self.by_uid.values().find(|p| p.ips.iter().any(|i| i == ip))
     }
 
     /// The pod running a container: by container id, else by the pod UID from the cgroup path

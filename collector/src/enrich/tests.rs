@@ -46,6 +46,7 @@ fn segment(pid: u32) -> Segment {
         subsegments: vec![],
         pid,
         port: 8080,
+        root: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn pod() -> PodMeta {
         service_name_annotation: None,
         app_name_label: None,
         excluded: false,
+        ips: vec![],
         labels: Default::default(),
         workload: Some(("Deployment".into(), "checkout".into())),
         containers: vec![(ID.into(), "app".into())],

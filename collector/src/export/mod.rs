@@ -16,6 +16,8 @@ pub trait SegmentExporter {
     fn export(&mut self, batch: &mut Vec<Segment>) -> std::io::Result<()>;
     /// Writes out anything buffered.
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Documents made elsewhere (X-Ray SDKs, through the UDP relay), passed on unchanged.
+    fn export_documents(&mut self, docs: &mut Vec<String>) -> std::io::Result<()>;
 }
 
 /// Writes one record: as a JSON object on a line, or as its text line.

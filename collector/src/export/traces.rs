@@ -47,6 +47,18 @@ impl<W: Write> super::SegmentExporter for TracePrinter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         TracePrinter::flush(self)
     }
+
+    /// SDK documents: as they came (JSON), or one `sdk` line each (text).
+    fn export_documents(&mut self, docs: &mut Vec<String>) -> std::io::Result<()> {
+        for doc in docs.drain(..) {
+            if self.format == OutputFormat::Text {
+                self.out.write_all(b"sdk ")?;
+            }
+            self.out.write_all(doc.as_bytes())?;
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
 }
 
 /// ```text
@@ -145,6 +157,7 @@ mod tests {
             subsegments: subs,
             pid: 0,
             port: 0,
+            root: None,
         }
     }
 

@@ -116,6 +116,8 @@ impl XrayQueue {
     pub fn close(&self) {
         self.shared.queue.lock().expect("queue lock").1 = true;
         self.shared.notify.notify_one();
+        // Every batch waiting out a retry backoff makes its last attempt now.
+        self.shared.closed.notify_waiters();
         self.shared.closed.notify_one();
     }
 }
@@ -132,13 +134,16 @@ impl super::SegmentExporter for XrayQueue {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+
+    fn export_documents(&mut self, docs: &mut Vec<String>) -> std::io::Result<()> {
+        docs.drain(..).for_each(|d| self.push(d));
+        Ok(())
+    }
 }
 
-/// Builds the client from aws-config's default chain (env, profile, IRSA web identity, ECS,
-/// IMDS) and starts the sender task.
-pub async fn start(
-    config: &XrayConfig,
-) -> anyhow::Result<(XrayQueue, tokio::task::JoinHandle<()>)> {
+/// AWS settings from aws-config's default chain (env, profile, IRSA web identity, ECS, IMDS),
+/// with the flags' region and endpoint; fails when no region or credentials can be found.
+pub async fn load_aws(config: &XrayConfig) -> anyhow::Result<aws_config::SdkConfig> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -171,7 +176,28 @@ pub async fn start(
         "no AWS credentials provider: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, \
          or IRSA (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE)",
     )?;
-    let client = aws_sdk_xray::Client::new(&sdk);
+    Ok(sdk)
+}
+
+/// The X-Ray endpoint the SDK client uses (for the sampling proxy, which forwards by hand).
+pub fn endpoint(config: &XrayConfig, sdk: &aws_config::SdkConfig) -> String {
+    config
+        .endpoint_url
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_XRAY").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .unwrap_or_else(|| {
+            let region = sdk.region().map_or("us-east-1", |r| r.as_ref());
+            format!("https://xray.{region}.amazonaws.com")
+        })
+}
+
+/// Starts the sender task.
+pub fn start(
+    config: &XrayConfig,
+    sdk: &aws_config::SdkConfig,
+) -> (XrayQueue, tokio::task::JoinHandle<()>) {
+    let client = aws_sdk_xray::Client::new(sdk);
     let shared = Arc::new(Shared {
         queue: Mutex::new((VecDeque::new(), false)),
         notify: Notify::new(),
@@ -183,11 +209,16 @@ pub async fn start(
         log_throttle: Mutex::new(crate::logging::Throttle::new(Duration::from_secs(10))),
     });
     let task = tokio::spawn(send_loop(client, shared.clone()));
-    Ok((XrayQueue { shared }, task))
+    (XrayQueue { shared }, task)
 }
+
+/// PutTraceSegments calls in flight at once (the X-Ray daemon's default concurrency): one
+/// call at a time caps the relay at 50 documents per round trip.
+const CONCURRENCY: usize = 8;
 
 async fn send_loop(client: aws_sdk_xray::Client, shared: Arc<Shared>) {
     let mut last_flush = Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         let (batch, closed) = {
             let mut q = shared.queue.lock().expect("queue lock");
@@ -197,6 +228,7 @@ async fn send_loop(client: aws_sdk_xray::Client, shared: Arc<Shared>) {
         };
         if batch.is_empty() {
             if closed {
+                while in_flight.join_next().await.is_some() {}
                 return;
             }
             let wait = FLUSH_INTERVAL
@@ -211,7 +243,11 @@ async fn send_loop(client: aws_sdk_xray::Client, shared: Arc<Shared>) {
             }
             continue;
         }
-        send_batch(&client, &shared, batch, closed).await;
+        while in_flight.len() >= CONCURRENCY {
+            in_flight.join_next().await;
+        }
+        let (client, shared) = (client.clone(), shared.clone());
+        in_flight.spawn(async move { send_batch(&client, &shared, batch, closed).await });
         last_flush = Instant::now();
     }
 }

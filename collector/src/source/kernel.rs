@@ -30,6 +30,8 @@ pub enum CapturePath {
     /// Classic syscall tracepoints (accept/connect/read/write/...): works on any kernel with
     /// CONFIG_FTRACE_SYSCALLS, but every read/write on the node pays the tracepoint dispatch.
     Syscall,
+    /// No capture at all: only the X-Ray SDK relay and the exporters run.
+    Off,
 }
 
 /// What the socket-layer path needs from this machine, found before loading.
@@ -244,6 +246,7 @@ impl KernelSource {
         }
         let socket_layer = match opts.capture_path {
             CapturePath::Syscall => None,
+            CapturePath::Off => anyhow::bail!("capture is off: nothing to load"),
             CapturePath::Socket => {
                 Some(SocketLayer::probe().context("the socket-layer path is unavailable")?)
             }

@@ -18,6 +18,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use super::{
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::{
     http::{ConnExchange, ConnMeta, HttpOut, RequestStart, request_url},
+    sampling::RootRequest,
     source::{clock::Clock, event::Role},
 };
 
@@ -96,6 +98,8 @@ struct Identity {
     annotations: Vec<(String, serde_json::Value)>,
     via_link: bool,
     via_header: bool,
+    /// The request at the root of the trace (what sampling decides on).
+    root: Arc<RootRequest>,
 }
 
 struct Req {
@@ -345,6 +349,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 let parent_id = self.reqs.get(&p).map(|r| r.span_id.clone());
                 if let Some(mut sub) = self.subsegment(key) {
                     sub.kind = Some("subsegment");
+                    sub.root = Some(identity.root.clone());
                     sub.trace_id = Some(identity.trace_id.clone());
                     sub.parent_id = parent_id;
                     self.stats.subsegments_independent += 1;
@@ -376,6 +381,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     port: sub.port,
                     subsegments: vec![sub],
                     pid: self.reqs[&key].start.pid,
+                    root: Some(identity.root.clone()),
                 };
                 self.stats.client_segments += 1;
                 out.push(segment);
@@ -458,6 +464,10 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     annotations: vec![],
                     via_link: false,
                     via_header: false,
+                    root: {
+                        let req = &self.reqs[&key];
+                        root_request(&req.start, &req.conn, None)
+                    },
                 },
             },
             _ => {
@@ -485,6 +495,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                         annotations,
                         via_link: false,
                         via_header: true,
+                        root: root_request(&req.start, &req.conn, incoming.sampled),
                     }
                 } else if let Some(c) = caller.filter(|c| self.reqs.contains_key(c) && depth < 16) {
                     let caller_trace = self.identity(c, depth + 1);
@@ -497,6 +508,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                         annotations: vec![],
                         via_link: true,
                         via_header: false,
+                        root: caller_trace.root,
                     }
                 } else {
                     let mut annotations = vec![];
@@ -510,6 +522,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                         annotations,
                         via_link: false,
                         via_header: false,
+                        root: root_request(&req.start, &req.conn, incoming.sampled),
                     }
                 }
             }
@@ -571,6 +584,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             subsegments: vec![],
             pid: req.start.pid,
             port: e.conn.local.map_or(0, |a| a.port()),
+            root: Some(identity.root.clone()),
         }
     }
 
@@ -620,6 +634,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             subsegments: vec![],
             pid: req.start.pid,
             port: e.conn.remote.map_or(0, |a| a.port()),
+            root: None,
         })
     }
 
@@ -755,6 +770,33 @@ fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
         Some(s) if (500..600).contains(&s) => (false, false, true),
         _ => (false, false, false),
     }
+}
+
+/// What sampling decides on for a trace rooted at this request.
+fn root_request(start: &RequestStart, conn: &ConnMeta, forced: Option<bool>) -> Arc<RootRequest> {
+    let host = start
+        .request
+        .host
+        .clone()
+        .or_else(|| conn.local.map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = host
+        .rsplit_once(':')
+        .map_or(host.as_str(), |(h, _)| h)
+        .to_owned();
+    Arc::new(RootRequest {
+        pid: start.pid,
+        host,
+        method: start.request.method.clone(),
+        path: start
+            .request
+            .target
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        forced,
+    })
 }
 
 /// Exchanges still open when the collector stopped end at the stop time, and say so.

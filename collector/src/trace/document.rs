@@ -51,6 +51,9 @@ pub struct Segment {
     /// The port served (segments) or called (subsegments), for filters; never exported.
     #[serde(skip)]
     pub port: u16,
+    /// The root request of the trace, for sampling; never exported.
+    #[serde(skip)]
+    pub root: Option<std::sync::Arc<crate::sampling::RootRequest>>,
 }
 
 /// The `aws` block: who made the segment (as the SDKs say it), and where it ran.
@@ -217,6 +220,7 @@ mod tests {
             aws: None,
             pid: 0,
             port: 0,
+            root: None,
             subsegments: (0..subsegments)
                 .map(|_| Segment {
                     name: "b".into(),

@@ -9,17 +9,20 @@ pub trait ProcessInfo {
     fn moves_work_between_threads(&mut self, pid: u32) -> bool;
 }
 
-/// A file of a process under the host's /proc: `$HOST_PROC` when set (the DaemonSet mounts
-/// the host's /proc at /host/proc), else /proc.
-pub fn proc_file(pid: u32, name: &str) -> std::path::PathBuf {
+/// The host's /proc: `$HOST_PROC` when set (the DaemonSet mounts the host's /proc at
+/// /host/proc), else /proc.
+pub fn proc_root() -> &'static std::path::Path {
     static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
         std::env::var_os("HOST_PROC")
             .filter(|v| !v.is_empty())
             .map_or_else(|| "/proc".into(), Into::into)
     })
-    .join(pid.to_string())
-    .join(name)
+}
+
+/// A file of a process under the host's /proc.
+pub fn proc_file(pid: u32, name: &str) -> std::path::PathBuf {
+    proc_root().join(pid.to_string()).join(name)
 }
 
 /// Reads /proc, caching per pid (bounded: cleared when full).

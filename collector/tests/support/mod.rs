@@ -42,6 +42,11 @@ impl Collector {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_waiting(args, env, "capturing on")
+    }
+
+    /// Starts the collector and waits until its stderr says `ready`.
+    pub fn start_waiting(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_collector"))
             .arg("run")
             .args(args)
@@ -57,7 +62,7 @@ impl Collector {
             lines,
             stderr,
         };
-        c.wait_for_stderr("capturing on", Duration::from_secs(30));
+        c.wait_for_stderr(ready, Duration::from_secs(30));
         c
     }
 

@@ -47,6 +47,7 @@ fn a_pod_is_reduced_to_what_segments_use() {
             service_name_annotation: None,
             app_name_label: None,
             excluded: false,
+            ips: vec![],
             labels: [("pod-template-hash", "7d4b9c8f6d"), ("team", "payments")]
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .into(),
