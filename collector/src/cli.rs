@@ -199,6 +199,14 @@ pub struct RunArgs {
     )]
     pub include_processes: Vec<String>,
 
+    /// Trace only requests served on (or calls made to) these TCP ports (default: all).
+    #[arg(
+        long = "include-port",
+        env = "COLLECTOR_INCLUDE_PORTS",
+        value_delimiter = ','
+    )]
+    pub include_ports: Vec<u16>,
+
     /// Never trace requests served on (or calls made to) these TCP ports.
     #[arg(
         long = "exclude-port",

@@ -94,6 +94,7 @@ pub struct Filters {
     pub include_pod_labels: Option<Selector>,
     pub exclude_pod_labels: Option<Selector>,
     pub include_processes: Vec<String>,
+    pub include_ports: Vec<u16>,
     pub exclude_ports: Vec<u16>,
     pub trace_kube_probes: bool,
 }
@@ -125,6 +126,9 @@ impl Filters {
 
     pub fn decide(&self, s: &Subject<'_>) -> Result<(), Dropped> {
         if s.port != 0 && self.exclude_ports.contains(&s.port) {
+            return Err(Dropped::Port);
+        }
+        if !self.include_ports.is_empty() && !self.include_ports.contains(&s.port) {
             return Err(Dropped::Port);
         }
         if !self.include_processes.is_empty()

@@ -497,3 +497,63 @@ fn sigterm_under_load_exports_every_captured_exchange() {
     assert_eq!(segments.len() as u64, c["http_exchanges"], "{c:?}");
     assert_eq!(after, before, "programs left loaded");
 }
+
+/// While the first SIGTERM waits for queued segments to be delivered (to an endpoint that
+/// never answers), a second signal exits at once. (Capture off: no root needed.)
+#[test]
+fn a_second_signal_exits_at_once_while_the_first_is_flushing() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s); // accepted, never answered
+        }
+    });
+    let udp = free_port();
+    let bind = format!("127.0.0.1:{udp}");
+    let mut collector = Collector::start_waiting(
+        &[
+            "--capture-path",
+            "off",
+            "--exporter",
+            "xray",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &endpoint,
+            "-b",
+            &bind,
+            "-t",
+            "off",
+            "--metrics-bind",
+            "off",
+            "--shutdown-timeout-secs",
+            "60",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+        "X-Ray SDK segments accepted",
+    );
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..60 {
+        let doc = format!(
+            "{{\"format\":\"json\",\"version\":1}}\n{{\"name\":\"a\",\"id\":\"{i:016x}\",\"trace_id\":\"1-5759e988-bd862e3fe1be46a994272793\",\"start_time\":1,\"end_time\":2}}"
+        );
+        socket.send_to(doc.as_bytes(), &bind).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        collector
+            .signal_and_wait(libc::SIGTERM, Duration::from_secs(2))
+            .is_none(),
+        "the first signal flushes (the endpoint holds the upload)"
+    );
+    let status = collector
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(2))
+        .expect("the second signal exits at once");
+    assert_eq!(status.code(), Some(130));
+    assert!(collector.stderr().contains("second signal"));
+}

@@ -50,6 +50,8 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
     if let Some(h) = s.pipeline.http_stats() {
         add(&[
             ("http_exchanges", h.exchanges),
+            ("http_exchanges_truncated", h.exchanges_truncated),
+            ("http_exchanges_incomplete", h.exchanges_incomplete),
             ("http_conns_opened", h.conns_opened),
             ("http_conns_closed", h.conns_closed),
             ("http_conns_expired", h.conns_expired),

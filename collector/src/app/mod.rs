@@ -378,6 +378,7 @@ fn filters(args: &RunArgs) -> Filters {
         include_pod_labels: args.include_pod_labels.clone(),
         exclude_pod_labels: args.exclude_pod_labels.clone(),
         include_processes: args.include_processes.clone(),
+        include_ports: args.include_ports.clone(),
         exclude_ports: args.exclude_ports.clone(),
         trace_kube_probes: args.trace_kube_probes,
     }

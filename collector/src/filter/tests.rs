@@ -96,6 +96,13 @@ fn includes_and_excludes() {
         Err(Dropped::Port)
     );
 
+    let ports = Filters {
+        include_ports: vec![8080],
+        ..Filters::default()
+    };
+    assert_eq!(ports.decide(&subject(8080, None)), Ok(()));
+    assert_eq!(ports.decide(&subject(9090, None)), Err(Dropped::Port));
+
     let g = Filters {
         exclude_namespaces: vec!["kube-system".into()],
         include_pod_labels: Some("app in (web)".parse().unwrap()),

@@ -109,6 +109,10 @@ impl Default for TrackerLimits {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrackerStats {
     pub exchanges: u64,
+    /// Exchanges whose request head was longer than the captured bytes.
+    pub exchanges_truncated: u64,
+    /// Exchanges whose response was cut short or never came.
+    pub exchanges_incomplete: u64,
     pub conns_opened: u64,
     pub conns_closed: u64,
     pub conns_expired: u64,
@@ -356,8 +360,10 @@ fn push_events(
     out: &mut Vec<HttpOut>,
 ) {
     for e in events {
-        if matches!(e, HttpEvent::Done(_)) {
+        if let HttpEvent::Done(x) = &e {
             stats.exchanges += 1;
+            stats.exchanges_truncated += u64::from(x.flags.request_truncated);
+            stats.exchanges_incomplete += u64::from(x.flags.incomplete || x.flags.no_response);
         }
         out.push(HttpOut::with_conn(e, meta));
     }

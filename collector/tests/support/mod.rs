@@ -131,6 +131,24 @@ impl Collector {
         }
     }
 
+    /// Sends `signal` and returns the exit status if the process ends within `within`.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: i32,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Sends `signal` and waits for the exit; returns whether it exited successfully.
     pub fn stop(mut self, signal: i32) -> std::process::ExitStatus {
         // SAFETY: plain kill(2) on our own child.
