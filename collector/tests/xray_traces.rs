@@ -120,11 +120,15 @@ fn the_demo_uploads_one_linked_trace_per_request_to_an_x_ray_api() {
             "B's parent is A's subsegment for B"
         );
         let (measured, reported) = (duration_ms(b), slept[&n]);
+        // B reports its sleep only; its segment also holds Python's own reading, parsing and
+        // writing of the exchange (0.2–1.7 ms in the matrix tests), so the upper bound allows
+        // for that work and the lower bound does not.
         let tolerance = (reported * 0.02).max(1.0);
+        let own_work = (reported * 0.02).max(2.5);
         eprintln!("B slept {reported:.3} ms, segment says {measured:.3} ms");
         assert!(
-            measured >= reported - tolerance && measured <= reported + tolerance,
-            "B's segment lasts {measured:.3} ms; B reported sleeping {reported:.3} ms (± {tolerance:.3})"
+            measured >= reported - tolerance && measured <= reported + own_work,
+            "B's segment lasts {measured:.3} ms; B reported sleeping {reported:.3} ms (-{tolerance:.3}/+{own_work:.3})"
         );
     }
     assert_eq!(

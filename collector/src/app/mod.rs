@@ -35,6 +35,8 @@ use crate::{
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // First: a signal during set-up must stop the collector cleanly, not kill it.
+    let mut signals = Signals::install()?;
     crate::http::redact::allow_query_params(args.allowed_query_params.clone());
     let status = Status::default();
     if let Some(bind) = args.metrics_bind.0 {
@@ -183,7 +185,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     status.set_ready(true, "");
 
-    let mut signals = Signals::install()?;
     let interval = Duration::from_millis(args.drain_interval_ms);
     let mut events = Vec::new();
     let mut guard = Guard::new(Budget {
