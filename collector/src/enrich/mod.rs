@@ -70,9 +70,7 @@ impl CgroupReader for ProcCgroups {
     }
 
     fn name(&mut self, pid: u32) -> String {
-        std::fs::read_to_string(proc_file(pid, "comm"))
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_default()
+        crate::trace::process::comm(pid)
     }
 }
 

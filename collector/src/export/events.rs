@@ -82,7 +82,7 @@ impl<W: Write> EventPrinter<W> {
     fn data_line(&self, d: &DataRecord) -> Line {
         let (role, comm) = match self.conns.get(&d.conn_id) {
             Some((role, comm)) => (*role, comm.clone()),
-            None => (Role::Unknown, proc_comm(d.pid)),
+            None => (Role::Unknown, crate::trace::process::comm(d.pid)),
         };
         Line {
             ts: self.clock.epoch_seconds(d.ts_ns),
@@ -157,12 +157,6 @@ pub fn first_line(payload: &[u8]) -> String {
         .unwrap_or(payload.len())
         .min(MAX_LINE);
     crate::http::redact::redact_request_line(&String::from_utf8_lossy(&payload[..end]))
-}
-
-fn proc_comm(pid: u32) -> String {
-    std::fs::read_to_string(crate::trace::process::proc_file(pid, "comm"))
-        .map(|s| s.trim_end().to_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

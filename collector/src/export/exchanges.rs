@@ -89,11 +89,7 @@ impl<W: Write> ExchangePrinter<W> {
         }
         self.comms
             .entry(pid)
-            .or_insert_with(|| {
-                std::fs::read_to_string(crate::trace::process::proc_file(pid, "comm"))
-                    .map(|s| s.trim_end().to_owned())
-                    .unwrap_or_default()
-            })
+            .or_insert_with(|| crate::trace::process::comm(pid))
             .clone()
     }
 }

@@ -81,7 +81,7 @@ fn task_offsets() -> anyhow::Result<(u32, u32)> {
 /// The mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo. The last one wins:
 /// in the DaemonSet the host's hierarchy is mounted over the container's own (namespaced)
 /// /sys/fs/cgroup, and hooks must attach to the host's root to see every pod.
-fn cgroup2_mount() -> Option<std::path::PathBuf> {
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().rev().find_map(|line| {
         let (pre, post) = line.split_once(" - ")?;

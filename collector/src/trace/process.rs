@@ -25,6 +25,13 @@ pub fn proc_file(pid: u32, name: &str) -> std::path::PathBuf {
     proc_root().join(pid.to_string()).join(name)
 }
 
+/// A process's name as in /proc/PID/comm ("" when it is gone).
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(proc_file(pid, "comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
 /// Reads /proc, caching per pid (bounded: cleared when full).
 #[derive(Default)]
 pub struct ProcFs {
@@ -39,9 +46,7 @@ impl ProcFs {
             self.cache.clear();
         }
         self.cache.entry(pid).or_insert_with(|| {
-            let name = std::fs::read_to_string(proc_file(pid, "comm"))
-                .map(|s| s.trim_end().to_owned())
-                .unwrap_or_default();
+            let name = comm(pid);
             let go = std::fs::read(proc_file(pid, "exe")).is_ok_and(|elf| is_go_binary(&elf));
             (name, go)
         })

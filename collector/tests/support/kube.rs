@@ -298,17 +298,9 @@ fn write_kubeconfig(path: &Path, dir: &Path, port: u16, token: &str) {
     .unwrap();
 }
 
-/// The cgroup v2 hierarchy's mount point (the last cgroup2 mount, as the collector picks it).
+/// The cgroup v2 hierarchy the collector attaches to.
 pub fn cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .rev()
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .expect("a cgroup2 mount")
+    collector::source::kernel::cgroup2_mount().expect("a cgroup2 mount")
 }
 
 /// A cgroup of the test's making, shaped like a kubelet + containerd one:
