@@ -25,26 +25,48 @@ pub enum Sender {
 
 #[derive(Clone, Default)]
 pub struct SdkSenders {
-    inner: Arc<Mutex<HashMap<Sender, Instant>>>,
+    inner: Arc<Mutex<Marks>>,
+}
+
+/// When each process and pod last sent an SDK document, kept apart so that a lookup on the
+/// segment path (every segment asks) borrows the pod UID instead of building a key.
+#[derive(Default)]
+struct Marks {
+    pids: HashMap<u32, Instant>,
+    pods: HashMap<String, Instant>,
+}
+
+impl Marks {
+    fn len(&self) -> usize {
+        self.pids.len() + self.pods.len()
+    }
 }
 
 impl SdkSenders {
     pub fn mark(&self, sender: Sender, now: Instant) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= MAX_ENTRIES && !m.contains_key(&sender) {
-            m.retain(|_, t| now.duration_since(*t) < SDK_TTL);
+        let known = match &sender {
+            Sender::Pid(pid) => m.pids.contains_key(pid),
+            Sender::Pod(uid) => m.pods.contains_key(uid),
+        };
+        if m.len() >= MAX_ENTRIES && !known {
+            m.pids.retain(|_, t| now.duration_since(*t) < SDK_TTL);
+            m.pods.retain(|_, t| now.duration_since(*t) < SDK_TTL);
             if m.len() >= MAX_ENTRIES {
                 return;
             }
         }
-        m.insert(sender, now);
+        match sender {
+            Sender::Pid(pid) => m.pids.insert(pid, now),
+            Sender::Pod(uid) => m.pods.insert(uid, now),
+        };
     }
 
     /// Whether the process (or its pod) sent SDK documents recently.
     pub fn is_instrumented(&self, pid: u32, pod_uid: Option<&str>, now: Instant) -> bool {
         let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = |k: &Sender| m.get(k).is_some_and(|t| now.duration_since(*t) < SDK_TTL);
-        fresh(&Sender::Pid(pid)) || pod_uid.is_some_and(|u| fresh(&Sender::Pod(u.to_owned())))
+        let fresh = |t: Option<&Instant>| t.is_some_and(|t| now.duration_since(*t) < SDK_TTL);
+        fresh(m.pids.get(&pid)) || pod_uid.is_some_and(|u| fresh(m.pods.get(u)))
     }
 
     pub fn len(&self) -> usize {
