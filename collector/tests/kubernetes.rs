@@ -10,7 +10,7 @@ use std::{
 };
 
 use support::{
-    Collector, TempDir, curl, free_port,
+    Collector, KillOnDrop, TempDir, curl, free_port,
     kube::{COLLECTOR_USER, Cluster, PodCgroup, apiserver_binary, create_pod, kubectl_as},
     privileged, python_http_server, serial, summary_counters, unique,
 };
@@ -234,6 +234,50 @@ fn start_collector(cluster: &Cluster) -> Collector {
     )
 }
 
+/// A control plane with the collector's RBAC applied and a fresh namespace, and two python
+/// servers each moved into a cgroup shaped like a pod's (`a` by the systemd driver when
+/// `a_systemd`, `b` by the other).
+struct World {
+    cluster: Cluster,
+    ns: String,
+    port_a: u16,
+    port_b: u16,
+    cgroup_a: PodCgroup,
+    cgroup_b: PodCgroup,
+    _servers: (KillOnDrop, KillOnDrop),
+    _www: TempDir,
+}
+
+impl World {
+    fn start(binary: PathBuf, a_systemd: bool) -> Self {
+        let cluster = Cluster::start(binary);
+        let deploy = deploy_dir();
+        for f in ["00-namespace.yaml", "rbac.yaml"] {
+            cluster.kubectl(&["apply", "-f", &deploy.join(f).to_string_lossy()], None);
+        }
+        let ns = unique("shop").replace('_', "-");
+        cluster.kubectl(&["create", "namespace", &ns], None);
+        let www = TempDir::new("kube-www");
+        let (port_a, port_b) = (free_port(), free_port());
+        let server_a = python_http_server(&www.0, port_a);
+        let server_b = python_http_server(&www.0, port_b);
+        let cgroup_a = PodCgroup::new("a", a_systemd);
+        let cgroup_b = PodCgroup::new("b", !a_systemd);
+        cgroup_a.add(server_a.pid());
+        cgroup_b.add(server_b.pid());
+        Self {
+            cluster,
+            ns,
+            port_a,
+            port_b,
+            cgroup_a,
+            cgroup_b,
+            _servers: (server_a, server_b),
+            _www: www,
+        }
+    }
+}
+
 /// A pod on this node appears, changes and is deleted; a pod on another node is never cached.
 #[test]
 fn pods_of_this_node_name_the_processes_in_their_containers() {
@@ -244,22 +288,17 @@ fn pods_of_this_node_name_the_processes_in_their_containers() {
     if !privileged() {
         return;
     }
-    let cluster = Cluster::start(binary);
-    let deploy = deploy_dir();
-    for f in ["00-namespace.yaml", "rbac.yaml"] {
-        cluster.kubectl(&["apply", "-f", &deploy.join(f).to_string_lossy()], None);
-    }
-    let ns = unique("shop").replace('_', "-");
-    cluster.kubectl(&["create", "namespace", &ns], None);
-
-    let dir = TempDir::new("kube-www");
-    let (port_a, port_b) = (free_port(), free_port());
-    let server_a = python_http_server(&dir.0, port_a);
-    let server_b = python_http_server(&dir.0, port_b);
-    let cgroup_a = PodCgroup::new("a", false);
-    let cgroup_b = PodCgroup::new("b", true);
-    cgroup_a.add(server_a.pid());
-    cgroup_b.add(server_b.pid());
+    // Bound by name (not `_`): the servers and files live to the end of the test.
+    let World {
+        cluster,
+        ns,
+        port_a,
+        port_b,
+        cgroup_a,
+        cgroup_b,
+        _servers,
+        _www,
+    } = World::start(binary, false);
     let pod_a = "web-5f6d7c8b9-x2x9q";
     create_pod(&cluster, &ns, pod_a, NODE, "web", &cgroup_a);
     create_pod(
@@ -368,21 +407,17 @@ fn an_api_outage_does_not_stop_tracing_and_metadata_catches_up() {
     if !privileged() {
         return;
     }
-    let mut cluster = Cluster::start(binary);
-    let deploy = deploy_dir();
-    for f in ["00-namespace.yaml", "rbac.yaml"] {
-        cluster.kubectl(&["apply", "-f", &deploy.join(f).to_string_lossy()], None);
-    }
-    let ns = unique("shop").replace('_', "-");
-    cluster.kubectl(&["create", "namespace", &ns], None);
-    let dir = TempDir::new("kube-www");
-    let (port_a, port_b) = (free_port(), free_port());
-    let server_a = python_http_server(&dir.0, port_a);
-    let server_b = python_http_server(&dir.0, port_b);
-    let cgroup_a = PodCgroup::new("a", true);
-    let cgroup_b = PodCgroup::new("b", false);
-    cgroup_a.add(server_a.pid());
-    cgroup_b.add(server_b.pid());
+    // Bound by name (not `_`): the servers and files live to the end of the test.
+    let World {
+        mut cluster,
+        ns,
+        port_a,
+        port_b,
+        cgroup_a,
+        cgroup_b,
+        _servers,
+        _www,
+    } = World::start(binary, true);
     create_pod(&cluster, &ns, "web-5f6d7c8b9-aaaaa", NODE, "web", &cgroup_a);
 
     let collector = start_collector(&cluster);
