@@ -17,8 +17,9 @@ use crate::maps::{
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// iovec entries walked per call (readv/writev/recvmsg/sendmsg).
-const MAX_IOV: u64 = 8;
+/// iovec entries walked per call (readv/writev/recvmsg/sendmsg). Node writes a chunked
+/// response as 3 entries per chunk plus the head: 16 covers a head and five chunks.
+const MAX_IOV: u64 = 16;
 
 /// Records are submitted without waking the reader, which drains on a short timer; only when
 /// the buffer fills past `WAKEUP_BYTES` is the reader woken early, so it never overflows
@@ -248,8 +249,8 @@ fn copy_iov(
     unsafe {
         core::ptr::write_volatile(&mut scratch.iov_pos, 0);
         core::ptr::write_volatile(&mut scratch.iov_seen, 0);
+        core::ptr::write_volatile(&mut scratch.iov_tail_got, 0);
     }
-    let mut has_tail = false;
     for i in 0..MAX_IOV {
         let pos = unsafe { core::ptr::read_volatile(&scratch.iov_pos) };
         let seen = unsafe { core::ptr::read_volatile(&scratch.iov_seen) };
@@ -293,16 +294,50 @@ fn copy_iov(
             }
             unsafe { core::ptr::write_volatile(&mut scratch.iov_pos, pos + n) };
         }
-        // The call's last TAIL_BYTES bytes, when they lie in this entry.
-        if total_len > want && seen + len == total_len && len >= TAIL_BYTES as u64 {
-            let src = base + len - TAIL_BYTES as u64;
-            // SAFETY: as above; a failure only leaves the tail out.
-            has_tail = unsafe { bpf_probe_read_user_buf(src as *const u8, tail) }.is_ok();
+        // The call's last TAIL_BYTES bytes, from every entry that holds some of them (Node
+        // writes a chunk's CRLF and the last chunk as entries of a few bytes each).
+        if total_len > want && total_len >= TAIL_BYTES as u64 {
+            copy_tail_part(scratch, base, seen, len, total_len);
         }
         unsafe { core::ptr::write_volatile(&mut scratch.iov_seen, seen + len) };
     }
     let pos = unsafe { core::ptr::read_volatile(&scratch.iov_pos) };
+    let has_tail = unsafe { core::ptr::read_volatile(&scratch.iov_tail_got) } == TAIL_BYTES as u64;
+    if has_tail {
+        tail.copy_from_slice(&scratch.iov_tail[..TAIL_BYTES]);
+    }
     (if pos > want { want } else { pos }, has_tail)
+}
+
+/// Copies the part of one iovec entry (`len` bytes at user address `base`, `seen` bytes into
+/// the call) that falls in the call's last TAIL_BYTES bytes into `scratch.iov_tail`.
+#[inline(always)]
+fn copy_tail_part(scratch: &mut Scratch, base: u64, seen: u64, len: u64, total_len: u64) {
+    let tail_start = total_len - TAIL_BYTES as u64;
+    if seen + len <= tail_start || len == 0 {
+        return;
+    }
+    let from = if seen > tail_start { seen } else { tail_start };
+    // Bounds the verifier can see on their own: offset < TAIL_BYTES, length ≤ TAIL_BYTES.
+    let off = ((from - tail_start) as usize) & (TAIL_BYTES - 1);
+    let mut n = (seen + len - from) as usize;
+    if n > TAIL_BYTES {
+        n = TAIL_BYTES;
+    }
+    let n = n & (2 * TAIL_BYTES - 1);
+    if n > TAIL_BYTES {
+        return;
+    }
+    // SAFETY: off + n < 2 * TAIL_BYTES: inside `iov_tail`.
+    let dst = unsafe { core::slice::from_raw_parts_mut(scratch.iov_tail.as_mut_ptr().add(off), n) };
+    // SAFETY: user memory read through the checked helper.
+    if unsafe { bpf_probe_read_user_buf((base + (from - seen)) as *const u8, dst) }.is_ok() {
+        // SAFETY: a field of the per-CPU scratch value we own.
+        unsafe {
+            let got = core::ptr::read_volatile(&scratch.iov_tail_got);
+            core::ptr::write_volatile(&mut scratch.iov_tail_got, got + n as u64);
+        }
+    }
 }
 
 /// The first four bytes of a call's data, to tell HTTP from other protocols.

@@ -7,10 +7,14 @@
 
 mod cgroup_skb;
 mod emit;
+mod fd_sock;
 mod maps;
 mod sock_calls;
 mod sock_ops;
+mod sock_state;
 mod syscalls;
+mod tcp_fentry;
+mod tcp_kprobe;
 
 #[cfg(not(test))]
 #[panic_handler]

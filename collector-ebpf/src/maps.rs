@@ -2,9 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use collector_common::{Counter, DATA_HEADER_SIZE, MAX_CAPTURE_BYTES};
+use collector_common::{
+    Counter, DATA_HEADER_SIZE, KernelOffsets, MAX_CAPTURE_BYTES, OFFSETS_TASK_COMM,
+};
 
 /// Every event to userspace. Its size is set by the collector at load time.
 #[map]
@@ -25,6 +27,11 @@ pub struct Scratch {
     /// iteration looks alike to the verifier, whose states then prune instead of multiplying.
     pub iov_pos: u64,
     pub iov_seen: u64,
+    /// The call's last bytes, gathered from every iovec entry that holds some of them, and how
+    /// many were read. Twice the tail's size, so any offset below it with any length up to it
+    /// stays inside.
+    pub iov_tail: [u8; 2 * collector_common::TAIL_BYTES],
+    pub iov_tail_got: u64,
 }
 
 #[map]
@@ -81,7 +88,29 @@ pub struct SockState {
     pub role: u32,
     /// `PROTO_*`, or [`PROTO_IGNORED`] for the collector's own connections.
     pub proto: u32,
+    /// Sequence number up to which received bytes have been reported as calls. Hooks that
+    /// see cumulative or repeated counts (`tcp_cleanup_rbuf` runs more than once in a
+    /// `MSG_WAITALL` read, and for peeks) report only what lies beyond it.
+    pub recv_end: u32,
+    /// `SOCK_SELF`: one of the collector's own connections (its endpoint is remembered).
+    pub flags: u32,
 }
+
+pub const SOCK_SELF: u32 = 1;
+
+/// Marks on a socket between its `connect()` (task context) and sock_ops' connect callback
+/// (which cannot ask who the task is on every kernel), by the `struct sock` address.
+pub const CONNECTING_EXCLUDED: u32 = 1;
+pub const CONNECTING_SELF: u32 = 2;
+
+/// LRU: a connect that fails before the callback leaves its entry to be evicted.
+#[map]
+pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// The `struct sock` of a send in flight, by pid_tgid, for return probes (which do not see
+/// the arguments). LRU: a missed return leaves nothing behind for good.
+#[map]
+pub static SEND_CALLS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// A connection the collector itself opened: never traced.
 pub const PROTO_IGNORED: u32 = 99;
@@ -102,12 +131,25 @@ pub struct Endpoint {
 #[map]
 pub static SELF_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Offsets of `tcp_sock.copied_seq` and `tcp_sock.write_seq` in the running kernel, read
-/// from its BTF by the collector at load time (never compiled in).
+/// Struct member offsets of the running kernel, from its BTF, written by the collector at
+/// load time (never compiled in).
 #[unsafe(no_mangle)]
-pub static TCP_COPIED_SEQ_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-pub static TCP_WRITE_SEQ_OFF: u32 = 0;
+pub static OFFSETS: KernelOffsets = KernelOffsets::NONE;
+
+/// One member offset of [`OFFSETS`], read so the load-time value is not constant-folded.
+#[macro_export]
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a plain read of a global, volatile as in `setting_u32`.
+        unsafe { core::ptr::read_volatile(&$crate::maps::OFFSETS.$field) }
+    };
+}
+
+/// Are the offsets of this `OFFSETS_*` group known?
+#[inline(always)]
+pub fn offsets_valid(group: u32) -> bool {
+    offset!(valid) & group == group
+}
 
 #[map]
 pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
@@ -117,23 +159,13 @@ pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384,
 #[map]
 pub static EXCLUDED_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
 
-/// Offsets of `task_struct.group_leader` and `task_struct.comm` in the running kernel (from
-/// its BTF; 0 when it has none).
-#[unsafe(no_mangle)]
-pub static TASK_GROUP_LEADER_OFF: u32 = 0;
-#[unsafe(no_mangle)]
-pub static TASK_COMM_OFF: u32 = 0;
-
 /// The current process's name: its main thread's `comm` (a worker thread's own name, such
 /// as `tokio-runtime-w` or `pool-1-thread-3`, says little). Without BTF offsets, the
 /// current thread's name.
 #[inline(always)]
 pub fn current_process_comm() -> [u8; 16] {
-    let (leader_off, comm_off) = (
-        setting_u32(&TASK_GROUP_LEADER_OFF),
-        setting_u32(&TASK_COMM_OFF),
-    );
-    if leader_off != 0 && comm_off != 0 {
+    if offsets_valid(OFFSETS_TASK_COMM) {
+        let (leader_off, comm_off) = (offset!(task_group_leader), offset!(task_comm));
         let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
         // SAFETY: kernel memory reads through the checked helper, at offsets from BTF.
         let leader = unsafe {

@@ -11,8 +11,8 @@ use collector_common::{
 use crate::{
     emit::{ConnInfo, emit_conn},
     maps::{
-        Endpoint, PROTO_IGNORED, SELF_ENDPOINTS, SOCKS, SockState, count, current_task_excluded,
-        current_task_is_self,
+        CONNECTING, CONNECTING_SELF, Endpoint, PROTO_IGNORED, SELF_ENDPOINTS, SOCK_SELF, SOCKS,
+        SockState, count,
     },
 };
 
@@ -24,40 +24,67 @@ const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
 const TCP_CLOSE: u32 = 7;
 
 /// Every sock_ops callback of every TCP socket on the node. Always returns 1 (no effect on
-/// the connection).
+/// the connection). Uses no helper that asks about the current task: sock_ops mostly runs in
+/// softirq, and kernels before 6.10 refuse those helpers here (6.12 refuses
+/// `bpf_get_current_comm`), so who connected comes from [`CONNECTING`].
 #[sock_ops]
 pub fn sock_ops_conn(ctx: SockOpsContext) -> u32 {
-    let _ = try_sock_ops(&ctx);
+    if try_sock_ops(&ctx).is_err() {
+        count(Counter::HookFailed);
+    }
     1
 }
 
 #[inline(always)]
 fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
     match ctx.op() {
-        // Runs in the connecting task: where our own (and excluded) connections are told apart.
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            if current_task_excluded() {
-                let state = SockState {
-                    role: ROLE_CLIENT,
-                    proto: PROTO_IGNORED,
-                };
-                let _ = SOCKS.insert(cookie(ctx), state, 0);
-                // Only the collector's own connections: an excluded client (a load generator)
-                // still has its server traced.
-                if current_task_is_self() {
-                    let _ = SELF_ENDPOINTS.insert(local_endpoint(ctx), 1, 0);
-                    // To forget the endpoint at close.
-                    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
-                }
-            }
-        }
-
+        // Runs in the connecting task, after the local port is chosen and before the SYN.
+        BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => open(ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => open(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => close(ctx),
-        _ => {}
+        _ => Ok(()),
     }
+}
+
+/// A connection of an excluded process or of the collector itself (marked at `connect()` by
+/// `sock_state::sock_connecting`) is never traced; the collector's own local endpoints are
+/// remembered so that a peer on this node does not trace its side either.
+#[inline(always)]
+fn connecting(ctx: &SockOpsContext) -> Result<(), i64> {
+    let sk = sock_addr(ctx);
+    // SAFETY: map lookup; the value is copied.
+    let Some(mark) = (unsafe { CONNECTING.get(sk) }).copied() else {
+        return Ok(());
+    };
+    CONNECTING.remove(sk).map_err(i64::from)?;
+    let state = SockState {
+        role: ROLE_CLIENT,
+        proto: PROTO_IGNORED,
+        recv_end: 0,
+        flags: if mark & CONNECTING_SELF != 0 {
+            SOCK_SELF
+        } else {
+            0
+        },
+    };
+    if SOCKS.insert(cookie(ctx), state, 0).is_err() {
+        count(Counter::ConnTableFull);
+        return Ok(());
+    }
+    if mark & CONNECTING_SELF != 0 && SELF_ENDPOINTS.insert(local_endpoint(ctx), 1, 0).is_err() {
+        count(Counter::ConnTableFull);
+    }
+    // To remove the entries at close.
+    ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG)?;
     Ok(())
+}
+
+/// The address of the connection's `struct sock`: the key the connect-time tracepoint used.
+#[inline(always)]
+fn sock_addr(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: a context field load at a constant offset (the verifier rewrites it).
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx.ops).__bindgen_anon_2.sk)) as u64 }
 }
 
 #[inline(always)]
@@ -67,55 +94,49 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 }
 
 #[inline(always)]
-fn open(ctx: &SockOpsContext, role: u32) {
+fn open(ctx: &SockOpsContext, role: u32) -> Result<(), i64> {
     let cookie = cookie(ctx);
     // SAFETY: map lookup; the value is copied.
     if let Some(s) = unsafe { SOCKS.get(cookie) }
         && s.proto == PROTO_IGNORED
     {
-        return;
+        return Ok(());
     }
     let family = ctx.family() as u16;
     if family != AF_INET && family != AF_INET6 {
-        return;
+        return Ok(());
     }
+    // SAFETY: context fields read directly; the verifier rewrites these accesses.
+    let (rcv_nxt, snd_nxt) = unsafe { ((*ctx.ops).rcv_nxt, (*ctx.ops).snd_nxt) };
     // The accepting side of an excluded process's connection on this node.
     // SAFETY: map lookup; only presence is used.
-    if role == ROLE_SERVER && unsafe { SELF_ENDPOINTS.get(remote_endpoint(ctx)) }.is_some() {
-        let _ = SOCKS.insert(
-            cookie,
-            SockState {
-                role,
-                proto: PROTO_IGNORED,
-            },
-            0,
-        );
-        return;
-    }
-    if SOCKS
-        .insert(
-            cookie,
-            SockState {
-                role,
-                proto: PROTO_UNKNOWN,
-            },
-            0,
-        )
-        .is_err()
-    {
+    let ignored =
+        role == ROLE_SERVER && unsafe { SELF_ENDPOINTS.get(remote_endpoint(ctx)) }.is_some();
+    let state = SockState {
+        role,
+        proto: if ignored {
+            PROTO_IGNORED
+        } else {
+            PROTO_UNKNOWN
+        },
+        recv_end: rcv_nxt,
+        flags: 0,
+    };
+    if SOCKS.insert(cookie, state, 0).is_err() {
         count(Counter::ConnTableFull);
-        return;
+        return Ok(());
     }
-    // Ask for state changes, to see the close.
-    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG);
+    // Ask for state changes, to see the close (of ignored sockets too: the entry goes then).
+    ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG)?;
+    if ignored {
+        return Ok(());
+    }
     count(Counter::ConnOpened);
     let (local_addr, remote_addr) = if family == AF_INET {
         (v4(ctx.local_ip4()), v4(ctx.remote_ip4()))
     } else {
         ip6_addrs(ctx)
     };
-    // SAFETY: context fields read directly; the verifier rewrites these accesses.
-    let (rcv_nxt, snd_nxt) = unsafe { ((*ctx.ops).rcv_nxt, (*ctx.ops).snd_nxt) };
     emit_conn(&ConnInfo {
         kind: EVENT_CONN_OPEN,
         role,
@@ -134,21 +155,24 @@ fn open(ctx: &SockOpsContext, role: u32) {
         recv_seq0: rcv_nxt,
         send_seq0: snd_nxt,
     });
+    Ok(())
 }
 
 #[inline(always)]
-fn close(ctx: &SockOpsContext) {
+fn close(ctx: &SockOpsContext) -> Result<(), i64> {
     let cookie = cookie(ctx);
     // SAFETY: map lookup; the value is copied.
     let Some(state) = (unsafe { SOCKS.get(cookie) }).copied() else {
-        return;
+        return Ok(());
     };
-    let _ = SOCKS.remove(cookie);
+    SOCKS.remove(cookie).map_err(i64::from)?;
     if state.proto == PROTO_IGNORED {
-        if state.role == ROLE_CLIENT {
-            let _ = SELF_ENDPOINTS.remove(local_endpoint(ctx));
+        if state.flags & SOCK_SELF != 0 {
+            SELF_ENDPOINTS
+                .remove(local_endpoint(ctx))
+                .map_err(i64::from)?;
         }
-        return;
+        return Ok(());
     }
     count(Counter::ConnClosed);
     emit_conn(&ConnInfo {
@@ -166,6 +190,7 @@ fn close(ctx: &SockOpsContext) {
         recv_seq0: 0,
         send_seq0: 0,
     });
+    Ok(())
 }
 
 /// This socket's local address and port as an [`Endpoint`] key.

@@ -21,6 +21,7 @@ use collector_common::{
 
 use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
+    fd_sock::{SockInfo, sock_info},
     maps::{
         CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
         PENDING_MSG, PendingCall, SockKey, count, current_task_excluded, shedding,
@@ -145,24 +146,36 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
         return;
     }
     count(Counter::ConnOpened);
-    let (family, remote_port, remote_addr) = match remote {
-        Some(a) => (a.family, a.port, a.addr),
-        None => (0, 0, [0; 16]),
-    };
+    // The socket itself knows both ends; the syscall's own sockaddr only the peer.
+    let info = sock_info(fd).unwrap_or_else(|| {
+        let (family, remote_port, remote_addr) = match remote {
+            Some(a) => (a.family, a.port, a.addr),
+            None => (0, 0, [0; 16]),
+        };
+        SockInfo {
+            family,
+            local_port: 0,
+            remote_port,
+            local_addr: [0; 16],
+            remote_addr,
+            recv_seq0: 0,
+            send_seq0: 0,
+        }
+    });
     emit_conn(&ConnInfo {
         kind: EVENT_CONN_OPEN,
         role,
         conn_id,
         with_task: true,
-        family,
-        local_port: 0,
-        remote_port,
-        local_addr: [0; 16],
-        remote_addr,
+        family: info.family,
+        local_port: info.local_port,
+        remote_port: info.remote_port,
+        local_addr: info.local_addr,
+        remote_addr: info.remote_addr,
         rx_bytes: 0,
         tx_bytes: 0,
-        recv_seq0: 0,
-        send_seq0: 0,
+        recv_seq0: info.recv_seq0,
+        send_seq0: info.send_seq0,
     });
 }
 

@@ -1,0 +1,51 @@
+//! Socket-layer path, who connects: `inet_sock_set_state` runs in the connecting task when a
+//! socket enters SYN_SENT (inside `connect()`), which sock_ops cannot tell on every kernel.
+//! Connections of the collector itself and of excluded processes are marked here, by the
+//! `struct sock` address, for sock_ops' connect callback that follows in the same call.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use collector_common::Counter;
+
+use crate::maps::{
+    CONNECTING, CONNECTING_EXCLUDED, CONNECTING_SELF, count, current_task_excluded,
+    current_task_is_self,
+};
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+/// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_connecting(ctx: BtfTracePointContext) -> i32 {
+    if try_connecting(&ctx).is_err() {
+        count(Counter::HookFailed);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let sk: u64 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    if newstate == TCP_SYN_SENT {
+        if !current_task_excluded() {
+            return Ok(());
+        }
+        let mark = if current_task_is_self() {
+            CONNECTING_SELF
+        } else {
+            CONNECTING_EXCLUDED
+        };
+        return CONNECTING.insert(sk, mark, 0).map_err(i64::from);
+    }
+    // A connect that failed before sock_ops saw it: its mark must not outlive the socket.
+    if oldstate == TCP_SYN_SENT
+        && newstate == TCP_CLOSE
+        // SAFETY: map lookup; only presence is used.
+        && unsafe { CONNECTING.get(sk) }.is_some()
+    {
+        return CONNECTING.remove(sk).map_err(i64::from);
+    }
+    Ok(())
+}
