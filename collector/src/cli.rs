@@ -19,9 +19,13 @@ pub struct Cli {
 pub enum Command {
     /// Capture and export until SIGINT/SIGTERM.
     Run(Box<RunArgs>),
-    /// What this kernel and host allow, and what that means for capture (exits 1 when capture
-    /// is impossible).
-    Doctor,
+    /// What this kernel and host allow, and what that means for capture: each capture path is
+    /// loaded and unloaded to see whether this kernel takes it (exits 1 when none does).
+    Doctor {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }

@@ -14,25 +14,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match parsed.cli.command {
-        Command::Doctor => {
-            let mut checks = collector::doctor::checks();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            checks.extend(runtime.block_on(collector::doctor::network_checks()));
-            print!("{}", collector::doctor::report(&checks));
-            match collector::doctor::capture_verdict(&checks) {
-                Ok(verdict) => {
-                    println!("\n{verdict}");
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(why) => {
-                    println!("\n{why}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Doctor { json } => collector::doctor::run(json),
         Command::Version => {
             println!("collector {}", env!("CARGO_PKG_VERSION"));
             std::process::ExitCode::SUCCESS

@@ -9,7 +9,7 @@ use crate::{
     guard::Guard,
     pipeline::Pipeline,
     relay::RelayStats,
-    source::Assembler,
+    source::{Assembler, capture_path::Variant},
 };
 
 /// What the counters are read from.
@@ -22,6 +22,8 @@ pub struct Sources<'a, W: std::io::Write> {
     pub xray: Option<&'a XrayQueue>,
     pub guard: &'a Guard,
     pub capture_attached: bool,
+    /// The capture variant chosen at start (none with `--capture-path off`).
+    pub variant: Option<Variant>,
     pub relay: Option<&'a RelayStats>,
 }
 
@@ -44,6 +46,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
             ("join_packets_dropped", j.packets_dropped),
             ("join_duplicate_packets", j.duplicate_packets),
             ("join_fin_adjusted", j.fin_adjusted),
+            ("join_calls_from_packets", j.calls_from_packets),
             ("join_conns_evicted", j.conns_evicted),
         ]);
     }
@@ -139,6 +142,13 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
         ("shedding", u64::from(s.guard.shedding())),
         ("capture_attached", u64::from(s.capture_attached)),
     ]);
+    // One gauge per variant, 1 for the one chosen: which path runs, without a label.
+    for v in Variant::ORDER {
+        pairs.push((
+            format!("capture_path_{}", v.name().replace('-', "_")),
+            u64::from(s.variant == Some(v)),
+        ));
+    }
     pairs
 }
 

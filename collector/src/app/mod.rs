@@ -25,6 +25,7 @@ use crate::{
     sampling::{self, Sampler},
     source::{
         Assembler,
+        capture_path::Variant,
         clock::{Clock, monotonic_now_ns},
         event::KernelEvent,
         join::JoinLimits,
@@ -63,8 +64,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Some(attach(&source_options)?)
     };
-    let mut assembler = match source.as_ref().map(KernelSource::path) {
-        Some(CapturePath::Socket) => Assembler::socket_path(JoinLimits {
+    let variant = source.as_ref().map(KernelSource::variant);
+    // A re-attach (SIGUSR2) takes the variant that ran: the assembler is made for it.
+    let source_options = SourceOptions {
+        capture_path: variant.map_or(CapturePath::Off, Variant::forced),
+        ..source_options
+    };
+    let mut assembler = match variant {
+        Some(v) if v.is_socket_layer() => Assembler::socket_path(JoinLimits {
             capture_bytes: args.capture_bytes as usize,
             ..JoinLimits::default()
         }),
@@ -256,6 +263,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 xray: xray.as_ref().map(|(q, _)| q),
                 guard: &guard,
                 capture_attached: source.is_some(),
+                variant,
                 relay: relay_stats.as_deref(),
             }));
         }
@@ -299,6 +307,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         xray: xray.as_ref().map(|(q, _)| q),
         guard: &guard,
         capture_attached: false,
+        variant,
         relay: relay_stats.as_deref(),
     });
     if let Some((queue, _)) = &xray {
@@ -389,7 +398,7 @@ fn attach(options: &SourceOptions) -> anyhow::Result<KernelSource> {
     let source = KernelSource::load(options)?;
     tracing::info!(
         hooks = source.attached().len(),
-        path = ?source.path(),
+        path = %source.variant(),
         "capturing on {}",
         source.attached().join(", ")
     );

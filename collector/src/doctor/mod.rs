@@ -1,7 +1,13 @@
 //! `collector doctor`: what this kernel and host allow, and what that means for capture.
-//! Reads files and environment only; loads nothing.
+//! The capture paths are predicted by loading each one (and unloading it at once), exactly as
+//! `collector run --capture-path auto` would try them; everything else is read from files,
+//! the environment and two network probes.
+
+mod capture;
 
 use std::path::Path;
+
+pub use capture::run;
 
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,12 +160,6 @@ pub fn checks() -> Vec<Check> {
             "socket-layer path: connections and packet payloads",
         ),
         check(
-            "tp_btf sock_recv_length",
-            event("sock/sock_recv_length") && exists("/sys/kernel/btf/vmlinux"),
-            "Linux 6.3+",
-            "socket-layer path: thread, time and byte range of each call",
-        ),
-        check(
             "syscall tracepoints",
             event("syscalls/sys_enter_read"),
             "CONFIG_FTRACE_SYSCALLS",
@@ -169,19 +169,13 @@ pub fn checks() -> Vec<Check> {
             "kprobes",
             exists(&format!("{tracing_dir}/kprobe_events")),
             "CONFIG_KPROBES",
-            "not used: the collector needs no kprobes",
+            "socket-kprobe path, where neither the 6.3 tracepoints nor fentry load",
         ),
         check(
             "uprobes",
             exists(&format!("{tracing_dir}/uprobe_events")),
             "CONFIG_UPROBE_EVENTS",
             "not used yet (TLS libraries, later)",
-        ),
-        check(
-            "fentry/fexit",
-            false,
-            "not probed",
-            "not used: the collector needs no fentry/fexit (refused by some hardened kernels)",
         ),
         check(
             "lockdown",
@@ -305,25 +299,6 @@ async fn kube_version() -> Result<String, String> {
     Ok(v.git_version)
 }
 
-/// The capture path this host allows, if any.
-pub fn capture_verdict(checks: &[Check]) -> Result<&'static str, &'static str> {
-    let ok = |w: &str| checks.iter().any(|c| c.what == w && c.ok);
-    if !ok("BPF ring buffer") || !ok("capabilities") {
-        return Err(
-            "capture is impossible: needs Linux 5.8+ ring buffers and the capabilities listed",
-        );
-    }
-    if ok("BTF") && ok("cgroup v2") && ok("tp_btf sock_recv_length") {
-        Ok("capture: socket-layer path (the default)")
-    } else if ok("syscall tracepoints") {
-        Ok("capture: syscall path only (every read/write on the node pays the tracepoint dispatch)")
-    } else {
-        Err(
-            "capture is impossible: neither socket-layer hooks nor syscall tracepoints are available",
-        )
-    }
-}
-
 pub fn report(checks: &[Check]) -> String {
     let mut out =
         String::from("| check | available | detail | what it means |\n|---|---|---|---|\n");
@@ -351,32 +326,5 @@ mod tests {
         assert!(missing_caps(u64::MAX).is_empty());
         assert_eq!(missing_caps(0).len(), 5);
         assert_eq!(missing_caps(!(1 << 39)), vec!["CAP_BPF"]);
-    }
-
-    #[test]
-    fn the_verdict_follows_the_hooks_available() {
-        let c = |what, ok| Check {
-            what,
-            ok,
-            detail: String::new(),
-            meaning: "",
-        };
-        let base = vec![c("BPF ring buffer", true), c("capabilities", true)];
-        let mut socket = base.clone();
-        socket.extend([
-            c("BTF", true),
-            c("cgroup v2", true),
-            c("tp_btf sock_recv_length", true),
-        ]);
-        assert!(capture_verdict(&socket).unwrap().contains("socket-layer"));
-        let mut syscall = base.clone();
-        syscall.push(c("syscall tracepoints", true));
-        assert!(
-            capture_verdict(&syscall)
-                .unwrap()
-                .contains("syscall path only")
-        );
-        assert!(capture_verdict(&base).is_err());
-        assert!(capture_verdict(&[c("BPF ring buffer", false)]).is_err());
     }
 }

@@ -240,8 +240,7 @@ impl MessageParser {
                             p = c.len;
                         }
                         BodyState::Chunked(decoder) => {
-                            let from = (p as usize).min(c.bytes.len());
-                            match decoder.step(&c.bytes[from..], available) {
+                            match decoder.step(known_at(c, p), available) {
                                 Step::Consumed(n) => {
                                     *bytes += n;
                                     p += n;
@@ -366,6 +365,21 @@ impl MessageParser {
             request_line,
         });
         self.state = State::Desync;
+    }
+}
+
+/// The call's bytes known from offset `p` on: its captured prefix, else its captured last
+/// bytes where those reach back to `p` (a chunk's CRLF and the next size line often sit
+/// beyond a long chunk's captured prefix, inside the call's tail).
+fn known_at(c: &Chunk, p: u64) -> &[u8] {
+    if let Some(rest) = c.bytes.get(p as usize..).filter(|r| !r.is_empty()) {
+        return rest;
+    }
+    match &c.tail {
+        Some(t) if c.len >= t.len() as u64 && p >= c.len - t.len() as u64 && p < c.len => {
+            &t[(p - (c.len - t.len() as u64)) as usize..]
+        }
+        _ => &[],
     }
 }
 

@@ -445,6 +445,34 @@ fn a_chunked_body_past_the_prefix_ends_by_its_tail_or_is_marked_approximate() {
 }
 
 #[test]
+fn a_long_chunk_is_skipped_by_its_size_and_framing_goes_on_in_the_calls_tail() {
+    // One write per chunk (Go's Flush, Node's write, the JDK's chunked stream): the chunk's
+    // CRLF and the next size line lie past the captured prefix, in the call's last bytes.
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut first = head.clone();
+    first.extend_from_slice(format!("{:x}\r\n", 3000).as_bytes());
+    first.extend(std::iter::repeat_n(b'c', 3000));
+    first.extend_from_slice(b"\r\n");
+    let mut second = format!("{:x}\r\n", 500).into_bytes();
+    second.extend(std::iter::repeat_n(b'd', 500));
+    second.extend_from_slice(b"\r\n");
+    let calls = [
+        recv(10, b"GET /t HTTP/1.1\r\n\r\n"),
+        send(20, &first),
+        send(25, &second),
+        send(30, b"0\r\n\r\n"),
+    ];
+    let (ex, _) = run_events(events(Role::Server, &calls, 128));
+    assert_eq!(ex.len(), 1);
+    assert!(
+        !ex[0].flags.end_approximate && !ex[0].flags.end_from_tail,
+        "{:?}",
+        ex[0].flags
+    );
+    assert_eq!(ex[0].end_ns, 30);
+}
+
+#[test]
 fn a_head_cut_off_by_the_capture_keeps_its_request_line_and_is_marked() {
     let mut req = b"GET /long HTTP/1.1\r\nX-Pad: ".to_vec();
     req.extend(std::iter::repeat_n(b'p', 500));

@@ -1,6 +1,7 @@
 //! Reads struct member offsets from the running kernel's BTF (/sys/kernel/btf/vmlinux), so
 //! the kernel programs never carry one kernel's struct layout. Only what the socket-layer path
-//! needs: find a struct by name, then a member by name (through anonymous members).
+//! needs: find a struct by name, then a member by name (through anonymous members), and
+//! whether a kernel function exists (its `FUNC` entry: the target of fentry/kprobes).
 
 use std::collections::HashMap;
 
@@ -9,6 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_FUNC: u32 = 12;
 
 struct Member {
     name: u32,
@@ -27,6 +29,7 @@ pub struct Btf {
     types: Vec<Type>, // index = type id - 1
     strings: Vec<u8>,
     by_name: HashMap<String, usize>,
+    functions: std::collections::HashSet<String>,
 }
 
 impl Btf {
@@ -35,6 +38,9 @@ impl Btf {
         let data = std::fs::read(path).with_context(|| {
             format!("reading {path}: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF)")
         })?;
+        if data.is_empty() {
+            bail!("{path} is empty: the kernel has no BTF (CONFIG_DEBUG_INFO_BTF)");
+        }
         Self::parse(&data).with_context(|| format!("parsing {path}"))
     }
 
@@ -104,14 +110,25 @@ impl Btf {
             types,
             strings,
             by_name: HashMap::new(),
+            functions: Default::default(),
         };
         for (i, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_STRUCT && t.name != 0 {
+            if t.name == 0 {
+                continue;
+            }
+            if t.kind == KIND_STRUCT {
                 let name = btf.string(t.name).to_owned();
                 btf.by_name.entry(name).or_insert(i);
+            } else if t.kind == KIND_FUNC {
+                btf.functions.insert(btf.string(t.name).to_owned());
             }
         }
         Ok(btf)
+    }
+
+    /// Does the kernel have a function of this name (not inlined away)?
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.contains(name)
     }
 
     /// Byte offset of `member` in `struct name`.
@@ -228,5 +245,7 @@ mod tests {
         let copied = btf.member_offset("tcp_sock", "copied_seq").unwrap();
         let write = btf.member_offset("tcp_sock", "write_seq").unwrap();
         assert!(copied > 0 && write > 0 && copied != write);
+        assert!(btf.has_function("tcp_sendmsg"));
+        assert!(!btf.has_function("no_such_kernel_function"));
     }
 }

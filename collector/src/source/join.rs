@@ -53,11 +53,16 @@ pub struct JoinStats {
     pub duplicate_packets: u64,
     /// recv calls that also consumed the FIN (their sequence range is one past the data).
     pub fin_adjusted: u64,
+    /// Calls the kernel's record of was lost (a missed return probe, a full ring buffer),
+    /// rebuilt from the packets that carried their bytes: before a later call on the same
+    /// direction, or, for sends, at the close.
+    pub calls_from_packets: u64,
     pub conns_evicted: u64,
 }
 
 #[derive(Debug)]
 struct Packet {
+    ts_ns: u64,
     len: u64,
     bytes: Vec<u8>,
     tail: Option<Vec<u8>>,
@@ -81,6 +86,8 @@ struct JoinDir {
     next_call: u64,
     packets: BTreeMap<u64, Packet>,
     calls: VecDeque<Call>,
+    /// The thread of the last call, for calls rebuilt from packets at the close.
+    last_thread: Option<(u32, u32)>,
 }
 
 impl JoinDir {
@@ -91,7 +98,39 @@ impl JoinDir {
             next_call: 0,
             packets: BTreeMap::new(),
             calls: VecDeque::new(),
+            last_thread: None,
         }
+    }
+
+    /// Where the next call should start: after the last one waiting, else after the last
+    /// one emitted.
+    fn expected(&self) -> u64 {
+        self.calls
+            .back()
+            .map_or(self.next_call, |b| b.start + b.len)
+    }
+
+    /// A call for `[from, to)` when packets cover every byte of it, timed by the last of
+    /// them: what a call whose own record was lost moved.
+    fn call_from_packets(&self, from: u64, to: u64, (pid, tid): (u32, u32)) -> Option<Call> {
+        let mut pos = from;
+        let mut ts_ns = 0;
+        while pos < to {
+            let (&off, p) = self
+                .packets
+                .range(..=pos)
+                .next_back()
+                .filter(|(off, p)| **off + p.len > pos)?;
+            ts_ns = ts_ns.max(p.ts_ns);
+            pos = off + p.len;
+        }
+        (pos == to).then_some(Call {
+            start: from,
+            len: to - from,
+            ts_ns,
+            pid,
+            tid,
+        })
     }
 
     /// Stream offset of a sequence number: the candidate (modulo 2^32) nearest the last one.
@@ -199,6 +238,26 @@ impl SocketJoin {
         for dir in [Direction::Recv, Direction::Send] {
             emit_ready(conn, dir, u64::MAX, true, self.limits, &mut self.stats, out);
         }
+        // Sent bytes after the last call came from a send whose record was lost (received
+        // ones may never have been read, so they are not claimed).
+        let d = &mut conn.send;
+        let end = d.packets.last_key_value().map(|(off, p)| off + p.len);
+        if let (Some(end), Some(thread)) = (end, d.last_thread)
+            && end > d.next_call
+            && let Some(lost) = d.call_from_packets(d.next_call, end, thread)
+        {
+            d.calls.push_back(lost);
+            self.stats.calls_from_packets += 1;
+            emit_ready(
+                conn,
+                Direction::Send,
+                u64::MAX,
+                true,
+                self.limits,
+                &mut self.stats,
+                out,
+            );
+        }
     }
 
     fn packet(&mut self, p: PacketRecord, out: &mut Vec<KernelEvent>) {
@@ -222,6 +281,7 @@ impl SocketJoin {
                 d.packets.insert(
                     offset,
                     Packet {
+                        ts_ns: p.ts_ns,
                         len,
                         bytes: p.payload,
                         tail: p.tail,
@@ -260,11 +320,20 @@ impl SocketJoin {
         let len = u64::from(c.len);
         let mut start = d.offset(c.seq_end.wrapping_sub(c.len));
         // Consuming the FIN advances copied_seq by one more than the data.
-        let expected = d.calls.back().map_or(d.next_call, |b| b.start + b.len);
+        let expected = d.expected();
         if c.direction == Direction::Recv && start == expected + 1 {
             start = expected;
             self.stats.fin_adjusted += 1;
         }
+        // Bytes before this call that no call moved: this thread's call whose record was
+        // lost. Its packets say what it moved.
+        if start > expected
+            && let Some(lost) = d.call_from_packets(expected, start, (c.pid, c.tid))
+        {
+            d.calls.push_back(lost);
+            self.stats.calls_from_packets += 1;
+        }
+        d.last_thread = Some((c.pid, c.tid));
         d.calls.push_back(Call {
             start,
             len,

@@ -2,12 +2,15 @@
 //! and — on the socket-layer path — join packets with calls. Everything after
 //! [`Assembler`] is a pure function of [`event::KernelEvent`]s, whichever path ran.
 
+pub mod attach;
 pub mod btf;
+pub mod capture_path;
 pub mod clock;
 pub mod event;
 pub mod join;
 pub mod kernel;
 pub mod mounts;
+pub mod offsets;
 
 use event::{KernelEvent, Record, decode};
 use join::{JoinLimits, JoinStats, SocketJoin};

@@ -25,6 +25,10 @@ const GAUGES: &[&str] = &[
     "http_conns_open",
     "capture_attached",
     "shedding",
+    "capture_path_socket_tracepoint",
+    "capture_path_socket_fentry",
+    "capture_path_socket_kprobe",
+    "capture_path_syscall",
 ];
 
 /// PutTraceSegments call latency, in seconds (5 ms … ~20 s).

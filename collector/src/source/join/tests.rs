@@ -263,3 +263,97 @@ fn the_socket_path_gives_the_http_stage_the_same_exchanges_as_the_syscall_path()
     assert_eq!((x.start_ns, x.end_ns, x.pid, x.tid), (2, 3, 5, 6));
     assert_eq!(x.response_body_bytes, 4);
 }
+
+#[test]
+fn a_send_whose_call_record_was_lost_is_rebuilt_from_its_packets() {
+    // Two responses; the first send's record never came (a missed return probe).
+    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let second = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let n1 = first.len() as u32;
+    let n2 = second.len() as u32;
+    let (out, j) = join(vec![
+        open(1000, 5000),
+        packet(Direction::Send, 5000, first, 2048, 10),
+        packet(Direction::Send, 5000 + n1, second, 2048, 30),
+        call(Direction::Send, 5000 + n1 + n2, n2, 31),
+    ]);
+    assert_eq!(
+        data(&out),
+        [
+            (Direction::Send, 0, n1, first.to_vec()),
+            (Direction::Send, u64::from(n1), n2, second.to_vec()),
+        ]
+    );
+    assert_eq!(j.stats.calls_from_packets, 1);
+    // Timed by its packet, on the thread of the call that followed it.
+    let KernelEvent::Data(d) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((d.ts_ns, d.tid), (10, 6));
+}
+
+#[test]
+fn the_last_send_is_rebuilt_at_the_close_but_unread_received_bytes_are_not_claimed() {
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let n = response.len() as u32;
+    let close = Record::Event(KernelEvent::ConnClose(ConnRecord {
+        ts_ns: 99,
+        conn_id: COOKIE,
+        role: Role::Server,
+        pid: 0,
+        tid: 0,
+        comm: String::new(),
+        local: None,
+        remote: None,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        recv_seq0: 0,
+        send_seq0: 0,
+    }));
+    let (out, j) = join(vec![
+        open(1000, 5000),
+        packet(Direction::Recv, 1000, b"GET / HTTP/1.1\r\n\r\n", 2048, 5),
+        call(Direction::Recv, 1018, 18, 6),
+        packet(
+            Direction::Send,
+            5000,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            2048,
+            7,
+        ),
+        call(Direction::Send, 5025, 25, 8),
+        packet(Direction::Send, 5025, response, 2048, 9),
+        // Sent by the peer, never read before the close.
+        packet(
+            Direction::Recv,
+            1018,
+            b"GET /never-read HTTP/1.1\r\n\r\n",
+            2048,
+            10,
+        ),
+        close,
+    ]);
+    let got = data(&out);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2], (Direction::Send, 25, n, response.to_vec()));
+    assert!(got.iter().all(|d| !d.3.starts_with(b"GET /never-read")));
+    assert_eq!(j.stats.calls_from_packets, 1);
+}
+
+#[test]
+fn a_hole_no_packet_covers_stays_a_hole() {
+    let (out, j) = join(vec![
+        open(1000, 5000),
+        packet(
+            Direction::Send,
+            5010,
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            2048,
+            30,
+        ),
+        call(Direction::Send, 5010 + 27, 27, 31),
+    ]);
+    assert_eq!(data(&out).len(), 1);
+    assert_eq!(data(&out)[0].1, 10);
+    assert_eq!(j.stats.calls_from_packets, 0);
+}
