@@ -194,21 +194,6 @@ fn planted_secrets_appear_in_no_output_log_or_metric() {
 }
 
 /// A GET on 127.0.0.1:port; the whole response text (head and body).
-fn http_get(port: u16, path: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of an unlabelled sample in Prometheus text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// `/metrics` during real traffic: it parses as OpenMetrics text (Python's prometheus_client
 /// parser) and its counters move; `/healthz` and `/readyz` answer; logs can be JSON.
 #[test]

@@ -1,4 +1,5 @@
-// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200.
+// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200;
+// GET /chunked/<nonce> answers 200 with a chunked body of 6000 bytes.
 import com.sun.net.httpserver.HttpServer;
 import java.io.OutputStream;
 import java.net.InetSocketAddress;
@@ -25,6 +26,17 @@ public class JavaServer {
 
             } else if (parts.length >= 2 && parts[1].equals("ok")) {
                 body = "ok\n";
+            } else if (parts.length >= 2 && parts[1].equals("chunked")) {
+                // Length 0 asks the JDK server for chunked encoding.
+                exchange.sendResponseHeaders(200, 0);
+                try (OutputStream out = exchange.getResponseBody()) {
+                    out.write("a".repeat(1000).getBytes(StandardCharsets.UTF_8));
+                    out.flush();
+                    out.write("b".repeat(2000).getBytes(StandardCharsets.UTF_8));
+                    out.flush();
+                    out.write("c".repeat(3000).getBytes(StandardCharsets.UTF_8));
+                }
+                return;
             } else {
                 exchange.sendResponseHeaders(404, -1);
                 exchange.close();

@@ -1,4 +1,5 @@
-// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200.
+// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200;
+// GET /chunked/<nonce> answers 200 with a chunked body of 6000 bytes.
 package main
 
 import (
@@ -25,6 +26,13 @@ func main() {
 
 		case len(parts) >= 2 && parts[1] == "ok":
 			body = "ok\n"
+		case len(parts) >= 2 && parts[1] == "chunked":
+			// No Content-Length and a flush between writes: net/http sends chunks.
+			for _, piece := range []string{strings.Repeat("a", 1000), strings.Repeat("b", 2000), strings.Repeat("c", 3000)} {
+				w.Write([]byte(piece))
+				w.(http.Flusher).Flush()
+			}
+			return
 		default:
 			http.NotFound(w, r)
 			return

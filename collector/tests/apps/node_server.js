@@ -1,4 +1,5 @@
-// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200.
+// Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200;
+// GET /chunked/<nonce> answers 200 with a chunked body of 6000 bytes.
 const http = require("http");
 const port = Number(process.argv[2]);
 http
@@ -19,6 +20,12 @@ http
 
     } else if (parts[1] === "ok") {
       reply("ok\n");
+    } else if (parts[1] === "chunked") {
+      // No Content-Length: Node sends each write as a chunk.
+      res.writeHead(200);
+      res.write("a".repeat(1000));
+      res.write("b".repeat(2000));
+      res.end("c".repeat(3000));
     } else {
       res.writeHead(404, { "Content-Length": 0 });
       res.end();

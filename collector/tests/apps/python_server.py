@@ -1,4 +1,5 @@
-"""Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200."""
+"""Fixture server: GET /sleep/<ms>/<nonce> sleeps <ms> then answers 200; GET /ok/<nonce> 200;
+GET /chunked/<nonce> answers 200 with a chunked body of CHUNKED_BODY_BYTES."""
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,14 @@ class Handler(BaseHTTPRequestHandler):
             body = f"slept {ms}\n".encode()
         elif len(parts) >= 2 and parts[1] == "ok":
             body = b"ok\n"
+        elif len(parts) >= 2 and parts[1] == "chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"a" * 1000, b"b" * 2000, b"c" * 3000):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         else:
             self.send_error(404)
             return

@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod kube;
+pub mod matrix;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -62,7 +63,8 @@ impl Collector {
             lines,
             stderr,
         };
-        c.wait_for_stderr(ready, Duration::from_secs(30));
+        // Loading takes seconds natively, far longer in an emulated kernel-matrix guest.
+        c.wait_for_stderr(ready, Duration::from_secs(120));
         c
     }
 
@@ -326,6 +328,22 @@ pub fn curl_timed(url: &str) -> (u16, Option<f64>) {
     (status, slept.map(|us| us / 1e3))
 }
 
+/// A GET with curl, returning the whole response (status line, headers, body).
+pub fn http_get(port: u16, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A name unique to this test run, for paths that identify one request.
 pub fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -416,16 +434,24 @@ fn apps_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
 }
 
-/// The Go fixture, built once per test binary into cargo's per-target temp dir.
-fn go_server_binary() -> std::path::PathBuf {
+/// The Go fixture, built into cargo's per-target temp dir unless a build newer than its
+/// source is there (a kernel-matrix guest has the host's build and no Go).
+pub fn go_server_binary() -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go_server");
+            let source = apps_dir().join("go_server.go");
+            let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified());
+            if let (Ok(built), Ok(written)) = (modified(&out), modified(&source))
+                && built >= written
+            {
+                return out;
+            }
             let status = Command::new("go")
                 .args(["build", "-o"])
                 .arg(&out)
-                .arg(apps_dir().join("go_server.go"))
+                .arg(&source)
                 .env("GO111MODULE", "off")
                 .status()
                 .expect("go must be installed (cargo xtask test installs golang-go)");
