@@ -4,6 +4,7 @@
 mod bench;
 mod bench_relay;
 mod demo;
+mod kernel_vm;
 mod kube_apiserver;
 
 mod setup;
@@ -35,6 +36,12 @@ enum Command {
     },
     /// cargo fmt --check and clippy -D warnings on the userspace and the eBPF crates.
     Lint,
+    /// Only the kernel matrix (part of `test`): Debian's 5.10, 6.1 and 6.12 kernels booted
+    /// under qemu with every capture check inside (extra ARGS go to `cargo test`).
+    KernelMatrix {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// What the collector costs, measured side by side in one run (see xtask/src/bench.rs).
     Bench {
         /// Repetitions of each measurement (collector off/on interleaved).
@@ -110,11 +117,24 @@ fn run(command: Command) -> anyhow::Result<()> {
             cmd.args(&args);
             shell::exec(cmd)
         }
+        Command::KernelMatrix { args } => {
+            setup::build_chain()?;
+            setup::test_tools()?;
+            let guests = kernel_vm::ensure()?;
+            shell::step("building", || shell::cargo(&["build", "--tests", "--bins"]))?;
+            // SAFETY: single-threaded at this point; the variable is read by the tests.
+            unsafe { std::env::set_var("COLLECTOR_TEST_KERNEL_VM", &guests) };
+            let mut test_args = vec!["test", "--no-fail-fast", "--test", "kernel_matrix", "--"];
+            test_args.extend(args.iter().map(String::as_str));
+            test_args.push("--nocapture");
+            shell::cargo(&test_args)
+        }
         Command::Test { args } => {
             setup::build_chain()?;
             setup::test_tools()?;
             let venv = setup::test_venv()?;
             let apiserver = kube_apiserver::ensure()?;
+            let guests = kernel_vm::ensure()?;
             shell::step("building", || shell::cargo(&["build", "--tests", "--bins"]))?;
             let mut test_args = vec!["test", "--no-fail-fast"];
             test_args.extend(args.iter().map(String::as_str));
@@ -122,6 +142,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             unsafe {
                 std::env::set_var("COLLECTOR_TEST_VENV", &venv);
                 std::env::set_var("COLLECTOR_TEST_KUBE_APISERVER", &apiserver);
+                std::env::set_var("COLLECTOR_TEST_KERNEL_VM", &guests);
             }
             shell::cargo(&test_args)
         }
