@@ -173,7 +173,7 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A BTF blob with `struct s { int a; union { int b; int c; }; int d; }`.
@@ -195,6 +195,11 @@ mod tests {
         push(&[name("b"), 1, 0, name("c"), 1, 0]);
         push(&[name("s"), (4 << 24) | 3, 12]); // [3] struct s
         push(&[name("a"), 1, 0, 0, 2, 32, name("d"), 1, 64]);
+        blob(&types, strings)
+    }
+
+    /// A BTF blob: its header, then `types` and `strings` as given.
+    pub(crate) fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for v in [
             0xeb9f_u16.to_le_bytes().as_slice(),
@@ -207,7 +212,7 @@ mod tests {
         ] {
             out.extend_from_slice(v);
         }
-        out.extend_from_slice(&types);
+        out.extend_from_slice(types);
         out.extend_from_slice(strings);
         out
     }

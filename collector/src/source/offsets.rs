@@ -127,26 +127,9 @@ mod tests {
 
     #[test]
     fn unreadable_btf_leaves_every_group_invalid_and_says_why() {
-        let o = Offsets::from_btf(&Btf::parse(&empty_btf()).unwrap());
+        let o =
+            Offsets::from_btf(&Btf::parse(&crate::source::btf::tests::blob(&[], b"\0")).unwrap());
         assert_eq!(o.values.valid, 0);
         assert!(o.why_missing(OFFSETS_TCP_SEQ).contains("tcp_sock"));
-    }
-
-    /// A BTF blob with a header and no types.
-    fn empty_btf() -> Vec<u8> {
-        let mut out = Vec::new();
-        for v in [
-            0xeb9f_u16.to_le_bytes().as_slice(),
-            &[1, 0],
-            &24u32.to_le_bytes(),
-            &0u32.to_le_bytes(),
-            &0u32.to_le_bytes(),
-            &0u32.to_le_bytes(),
-            &1u32.to_le_bytes(),
-        ] {
-            out.extend_from_slice(v);
-        }
-        out.push(0);
-        out
     }
 }

@@ -225,23 +225,7 @@ fn the_socket_path_gives_the_http_stage_the_same_exchanges_as_the_syscall_path()
         ),
         packet(Direction::Send, 900, response, 2048, 3),
     ]);
-    j.push(
-        Record::Event(KernelEvent::ConnClose(ConnRecord {
-            ts_ns: 9,
-            conn_id: COOKIE,
-            role: Role::Server,
-            pid: 0,
-            tid: 0,
-            comm: String::new(),
-            local: None,
-            remote: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            recv_seq0: 0,
-            send_seq0: 0,
-        })),
-        &mut out,
-    );
+    j.push(close(9), &mut out);
     let mut tracker = HttpTracker::new(TrackerLimits::default());
     let mut exchanges = Vec::new();
     for e in out {
@@ -296,20 +280,7 @@ fn a_send_whose_call_record_was_lost_is_rebuilt_from_its_packets() {
 fn the_last_send_is_rebuilt_at_the_close_but_unread_received_bytes_are_not_claimed() {
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let n = response.len() as u32;
-    let close = Record::Event(KernelEvent::ConnClose(ConnRecord {
-        ts_ns: 99,
-        conn_id: COOKIE,
-        role: Role::Server,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        local: None,
-        remote: None,
-        rx_bytes: 0,
-        tx_bytes: 0,
-        recv_seq0: 0,
-        send_seq0: 0,
-    }));
+    let close = close(99);
     let (out, j) = join(vec![
         open(1000, 5000),
         packet(Direction::Recv, 1000, b"GET / HTTP/1.1\r\n\r\n", 2048, 5),
@@ -356,4 +327,22 @@ fn a_hole_no_packet_covers_stays_a_hole() {
     assert_eq!(data(&out).len(), 1);
     assert_eq!(data(&out)[0].1, 10);
     assert_eq!(j.stats.calls_from_packets, 0);
+}
+
+/// The server end's close at `ts_ns`.
+fn close(ts_ns: u64) -> Record {
+    Record::Event(KernelEvent::ConnClose(ConnRecord {
+        ts_ns,
+        conn_id: COOKIE,
+        role: Role::Server,
+        pid: 0,
+        tid: 0,
+        comm: String::new(),
+        local: None,
+        remote: None,
+        rx_bytes: 0,
+        tx_bytes: 0,
+        recv_seq0: 0,
+        send_seq0: 0,
+    }))
 }
