@@ -185,13 +185,17 @@ fn a_call_from_a_thread_per_request_server_nests_under_its_request_and_links_the
     assert!((a_seg.end_time - a_seg.start_time - 0.1).abs() < 1e-6);
 }
 
+/// Node-like: a second inbound request on the same thread overlaps A's call.
+fn two_in_flight() -> Vec<Call> {
+    let mut calls = a_calls_b();
+    calls.push(call(4, Role::Server, 1, 11, 5, 60, "/other"));
+    calls
+}
+
 #[test]
 fn with_two_requests_in_flight_on_the_thread_the_call_stays_unparented() {
-    let mut calls = a_calls_b();
-    // Node-like: a second inbound request on the same thread overlaps the call.
-    calls.push(call(4, Role::Server, 1, 11, 5, 60, "/other"));
     let mut a = assembler(vec![]);
-    let docs = run(&mut a, &calls);
+    let docs = run(&mut a, &two_in_flight());
     assert_eq!(a.stats.unparented_ambiguous, 1);
     assert_eq!(a.stats.parented_by_thread, 0);
     for d in docs.iter().filter(|d| d.name == "svc1" && d.http.is_some()) {
@@ -222,21 +226,28 @@ fn a_runtime_that_moves_work_between_threads_never_parents_by_thread() {
     assert!(a_seg.subsegments.is_empty());
 }
 
-#[test]
-fn a_trace_id_the_app_forwarded_is_a_sound_parent_even_across_threads() {
-    let root = "1-5759e988-bd862e3fe1be46a994272793";
+const FORWARDED_ROOT: &str = "1-5759e988-bd862e3fe1be46a994272793";
+
+/// A → B where A's call leaves from another thread carrying the trace header A received.
+fn forwarded_header() -> Vec<Call> {
+    let root = FORWARDED_ROOT;
     let mut calls = a_calls_b();
     calls[0] = call(1, Role::Server, 1, 11, 0, 100, "/a")
         .amzn(&format!("Root={root};Parent=53995c3f42cd8ad8;Sampled=1"));
-    // The call leaves from another thread, carrying the trace header.
     calls[1] = call(2, Role::Client, 1, 99, 10, 90, "/b")
         .between("10.0.0.1:5000", "10.0.0.2:80")
         .amzn(&format!("Root={root};Parent=1111111111111111;Sampled=1"));
     calls[2] = call(3, Role::Server, 2, 21, 12, 88, "/b")
         .between("10.0.0.2:80", "10.0.0.1:5000")
         .amzn(&format!("Root={root};Parent=1111111111111111;Sampled=1"));
+    calls
+}
+
+#[test]
+fn a_trace_id_the_app_forwarded_is_a_sound_parent_even_across_threads() {
+    let root = FORWARDED_ROOT;
     let mut a = assembler(vec![1]);
-    let docs = run(&mut a, &calls);
+    let docs = run(&mut a, &forwarded_header());
     assert_eq!(a.stats.parented_by_forwarded_header, 1);
     let a_seg = docs.iter().find(|d| d.name == "svc1").unwrap();
     assert_eq!(a_seg.trace_id.as_deref(), Some(root));
@@ -265,12 +276,16 @@ fn sampled_0_is_not_exported_and_neither_is_what_follows_it() {
     assert_eq!(a.stats.not_sampled, 3);
 }
 
-#[test]
-fn an_old_w3c_trace_id_starts_a_fresh_trace_and_is_kept_as_an_annotation() {
+fn old_w3c() -> Call {
     let mut c = call(1, Role::Server, 1, 11, 0, 10, "/w3c");
     c.headers.traceparent = Some("00-00000001e8720b39541901950019ee5a-53995c3f42cd8ad8-01".into());
+    c
+}
+
+#[test]
+fn an_old_w3c_trace_id_starts_a_fresh_trace_and_is_kept_as_an_annotation() {
     let mut a = assembler(vec![]);
-    let docs = run(&mut a, &[c]);
+    let docs = run(&mut a, &[old_w3c()]);
     assert_eq!(docs.len(), 1);
     assert!(
         docs[0]
@@ -282,14 +297,17 @@ fn an_old_w3c_trace_id_starts_a_fresh_trace_and_is_kept_as_an_annotation() {
     assert!(docs[0].annotations.contains_key("w3c_traceparent"));
 }
 
-#[test]
-fn a_call_that_ends_after_its_request_is_sent_as_an_independent_subsegment() {
-    let calls = vec![
+fn late_call() -> Vec<Call> {
+    vec![
         call(1, Role::Server, 1, 11, 0, 50, "/a"),
         call(2, Role::Client, 1, 11, 10, 900, "/slow-background"),
-    ];
+    ]
+}
+
+#[test]
+fn a_call_that_ends_after_its_request_is_sent_as_an_independent_subsegment() {
     let mut a = assembler(vec![]);
-    let docs = run(&mut a, &calls);
+    let docs = run(&mut a, &late_call());
     let a_seg = &docs[0];
     let sub = &docs[1];
     assert_eq!(sub.kind, Some("subsegment"));
@@ -327,4 +345,109 @@ fn documents_wait_for_the_hold_and_finished_requests_are_forgotten_after_keep() 
     assert_eq!(a.remembered(), 1);
     a.tick(10 * MS + a.config.keep_ns + 1, &mut out);
     assert_eq!(a.remembered(), 0);
+}
+
+/// Every scenario above (and a request with enough calls to split at 64 kB), as the JSON
+/// documents the exporters send, byte for byte; random ids are replaced by their order of
+/// first appearance. This is the output a change to the trace stage must keep. After a
+/// deliberate change to it: `UPDATE_GOLDEN=1 cargo test -p collector --lib golden`, and
+/// review the diff of the file.
+#[test]
+fn documents_match_the_golden_file() {
+    let statuses: Vec<Call> = [404, 429, 503]
+        .into_iter()
+        .enumerate()
+        .map(|(i, status)| {
+            let i = i as u64;
+            let mut c = call(i + 1, Role::Server, 1, 11, i * 20, i * 20 + 10, "/s");
+            c.status = status;
+            c
+        })
+        .collect();
+    let mut split = vec![call(1, Role::Server, 1, 11, 0, 1000, "/fan-out")];
+    let long = "x".repeat(200);
+    split.extend((0..160).map(|i| {
+        call(
+            2 + i,
+            Role::Client,
+            1,
+            11,
+            1 + i,
+            2 + i,
+            &format!("/{long}/{i}"),
+        )
+    }));
+    let scenarios: Vec<(&str, Vec<u32>, Vec<Call>)> = vec![
+        ("a calls b", vec![], a_calls_b()),
+        ("two requests in flight", vec![], two_in_flight()),
+        ("a moves work between threads", vec![1], a_calls_b()),
+        ("forwarded header", vec![1], forwarded_header()),
+        ("old w3c traceparent", vec![], vec![old_w3c()]),
+        ("late call", vec![], late_call()),
+        (
+            "unparented call",
+            vec![],
+            vec![call(1, Role::Client, 1, 11, 0, 5, "/alone")],
+        ),
+        ("statuses", vec![], statuses),
+        ("split at 64 kB", vec![], split),
+    ];
+    let mut text = String::new();
+    for (name, go, calls) in scenarios {
+        let docs: Vec<String> = run(&mut assembler(go), &calls)
+            .into_iter()
+            .flat_map(Segment::into_documents)
+            .collect();
+        text.push_str(&format!("# {name}: {} documents\n", docs.len()));
+        text.push_str(&placeholder_ids(&docs.join("\n")));
+        text.push('\n');
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/trace/assembler/golden.jsonl"
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(path).expect("the golden file");
+    for (i, (got, want)) in text.lines().zip(want.lines()).enumerate() {
+        assert_eq!(got, want, "line {} of {path}", i + 1);
+    }
+    assert_eq!(
+        text.lines().count(),
+        want.lines().count(),
+        "lines in {path}"
+    );
+}
+
+/// Replaces each generated trace or segment id in JSON text by `<tN>` / `<sN>`, numbered in
+/// order of first appearance; ids the fixtures chose themselves stay.
+fn placeholder_ids(json: &str) -> String {
+    let fixed = [FORWARDED_ROOT, "53995c3f42cd8ad8", "1111111111111111"];
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let (mut traces, mut spans) = (0, 0);
+    let parts: Vec<String> = json
+        .split('"')
+        .map(|part| {
+            let generated = !fixed.contains(&part);
+            if generated && crate::trace::ids::is_trace_id(part) {
+                seen.entry(part.into())
+                    .or_insert_with(|| {
+                        traces += 1;
+                        format!("<t{traces}>")
+                    })
+                    .clone()
+            } else if generated && crate::trace::ids::is_span_id(part) {
+                seen.entry(part.into())
+                    .or_insert_with(|| {
+                        spans += 1;
+                        format!("<s{spans}>")
+                    })
+                    .clone()
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect();
+    parts.join("\"")
 }
