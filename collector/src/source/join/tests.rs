@@ -4,8 +4,13 @@ use crate::source::event::Role;
 const COOKIE: u64 = 77;
 
 fn open(recv_seq0: u32, send_seq0: u32) -> Record {
-    Record::Event(KernelEvent::ConnOpen(ConnRecord {
-        ts_ns: 0,
+    Record::Event(KernelEvent::ConnOpen(server_conn(0, recv_seq0, send_seq0)))
+}
+
+/// The server end of the test connection, as open and close report it.
+fn server_conn(ts_ns: u64, recv_seq0: u32, send_seq0: u32) -> ConnRecord {
+    ConnRecord {
+        ts_ns,
         conn_id: COOKIE,
         role: Role::Server,
         pid: 0,
@@ -17,7 +22,7 @@ fn open(recv_seq0: u32, send_seq0: u32) -> Record {
         tx_bytes: 0,
         recv_seq0,
         send_seq0,
-    }))
+    }
 }
 
 fn packet(dir: Direction, seq: u32, bytes: &[u8], capture: usize, ts: u64) -> Record {
@@ -331,18 +336,5 @@ fn a_hole_no_packet_covers_stays_a_hole() {
 
 /// The server end's close at `ts_ns`.
 fn close(ts_ns: u64) -> Record {
-    Record::Event(KernelEvent::ConnClose(ConnRecord {
-        ts_ns,
-        conn_id: COOKIE,
-        role: Role::Server,
-        pid: 0,
-        tid: 0,
-        comm: String::new(),
-        local: None,
-        remote: None,
-        rx_bytes: 0,
-        tx_bytes: 0,
-        recv_seq0: 0,
-        send_seq0: 0,
-    }))
+    Record::Event(KernelEvent::ConnClose(server_conn(ts_ns, 0, 0)))
 }
