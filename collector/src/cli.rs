@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::logging::LogFormat;
 use crate::{export::OutputFormat, source::kernel::CapturePath};
 
 #[derive(Debug, Parser)]
@@ -238,12 +239,6 @@ pub enum SamplingMode {
     Auto,
     On,
     Off,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9464";

@@ -5,6 +5,7 @@
 //! (metrics and health), `guard` (CPU and memory budget), `app` (the main loop).
 
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod doctor;

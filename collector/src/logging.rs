@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cli::LogFormat;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)

@@ -13,7 +13,7 @@ pub async fn query() -> Result<Ec2Meta, String> {
     if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err("AWS_EC2_METADATA_DISABLED=true".to_owned());
     }
-    let http = crate::export::xray::https_client();
+    let http = crate::aws::https_client();
     let client = imds::Client::builder()
         .configure(&ProviderConfig::default().with_http_client(http))
         .connect_timeout(Duration::from_secs(1))

@@ -141,19 +141,10 @@ impl super::SegmentExporter for XrayQueue {
     }
 }
 
-/// The AWS SDKs' HTTP client: rustls on ring (no aws-lc C build).
-pub fn https_client() -> aws_sdk_xray::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
-}
-
 /// AWS settings from aws-config's default chain (env, profile, IRSA web identity, ECS, IMDS),
 /// with the flags' region and endpoint; fails when no region or credentials can be found.
 pub async fn load_aws(config: &XrayConfig) -> anyhow::Result<aws_config::SdkConfig> {
-    let http = https_client();
+    let http = crate::aws::https_client();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
         // Retries are ours (the queue keeps filling meanwhile); each attempt is bounded.
