@@ -199,6 +199,25 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// What the stages hold right now: (connections tracked, requests remembered, pids
+    /// cached); a stage the pipeline does not run holds nothing.
+    pub fn levels(&self) -> (usize, usize, usize) {
+        match self {
+            Self::Events(_) => (0, 0, 0),
+            Self::Exchanges { tracker, .. } => (tracker.tracked_conns(), 0, 0),
+            Self::Traces {
+                tracker,
+                assembler,
+                enricher,
+                ..
+            } => (
+                tracker.tracked_conns(),
+                assembler.remembered(),
+                enricher.cached_pids(),
+            ),
+        }
+    }
+
     pub fn enrich_stats(&self) -> Option<EnrichStats> {
         match self {
             Self::Traces { enricher, .. } => Some(enricher.stats),

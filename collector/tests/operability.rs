@@ -248,6 +248,14 @@ fn metrics_move_with_traffic_and_parse() {
         assert!(a >= 20.0 && b >= a + 30.0, "{name}: {a} then {b}\n{second}");
     }
     assert_eq!(sample(&second, "collector_capture_attached"), Some(1.0));
+    // Levels are published too: the server's pid is cached by enrichment.
+    for name in [
+        "collector_http_conns_open",
+        "collector_trace_requests_remembered",
+    ] {
+        assert!(sample(&second, name).is_some(), "{name} missing:\n{second}");
+    }
+    assert!(sample(&second, "collector_enrich_pids_cached").is_some_and(|n| n >= 1.0));
     assert_eq!(
         sample(&second, "collector_kernel_ringbuf_full_total"),
         Some(0.0)

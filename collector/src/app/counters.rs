@@ -136,6 +136,13 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
         add(&pairs);
         add(&[("xray_queue_depth", q.len() as u64)]);
     }
+    // Levels: GAUGES in status/metrics.rs names them.
+    let (conns, requests, pids) = s.pipeline.levels();
+    add(&[
+        ("http_conns_open", conns as u64),
+        ("trace_requests_remembered", requests as u64),
+        ("enrich_pids_cached", pids as u64),
+    ]);
     add(&[
         ("guard_shed_started", s.guard.stats.shed_started),
         ("guard_shed_seconds", s.guard.stats.shed_seconds),
