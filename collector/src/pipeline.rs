@@ -183,7 +183,7 @@ impl<W: Write> Pipeline<W> {
         match self {
             Self::Traces {
                 sampler: Some(s), ..
-            } => Some(s.stats),
+            } => Some(s.stats()),
             _ => None,
         }
     }

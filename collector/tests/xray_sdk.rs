@@ -361,6 +361,7 @@ fn sampling_rules_and_incoming_decisions_hold_end_to_end() {
     let _serial = serial();
     let (_fake, fake_port) = fake_sampling_endpoint(&venv, "0.0", "1");
     let endpoint = format!("http://127.0.0.1:{fake_port}");
+    let metrics = free_port();
     let collector = Collector::start_with_env(
         &[
             "--exporter",
@@ -384,10 +385,27 @@ fn sampling_rules_and_incoming_decisions_hold_end_to_end() {
             "-t",
             "off",
             "--metrics-bind",
-            "off",
+            &format!("127.0.0.1:{metrics}"),
         ],
         &FAKE_CREDENTIALS,
     );
+    // The first GetSamplingRules may come after capture starts; until then the default
+    // (1/s, then 5 %) applies, so the traffic waits for X-Ray's rule to be in effect.
+    let start = Instant::now();
+    while sample(
+        &http_get(metrics, "/metrics"),
+        "collector_sampling_rules_from_xray",
+    )
+    .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "X-Ray's sampling rule not in effect after 30 s:\n{}",
+            collector.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let www = TempDir::new("sampled");
     let port = free_port();
     let _server = python_http_server(&www.0, port);

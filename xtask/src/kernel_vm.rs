@@ -177,7 +177,7 @@ fn recipe_hash() -> u64 {
 fn build(dir: &Path) -> anyhow::Result<()> {
     let work = dir.with_extension("building");
     if work.exists() {
-        unmount_chroot(&work.join("root"));
+        unmount_chroot(&work.join("root"))?;
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     let root = work.join("root");
@@ -197,7 +197,7 @@ fn build(dir: &Path) -> anyhow::Result<()> {
         APT_PREFERENCES,
     )?;
     let installed = in_chroot(&root, || install_kernels(&root));
-    unmount_chroot(&root);
+    unmount_chroot(&root)?;
     let kernels = installed?;
 
     // Smaller image: no package caches.
@@ -249,10 +249,48 @@ fn in_chroot<T>(root: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
     f()
 }
 
-fn unmount_chroot(root: &Path) {
-    for fs in ["dev", "sys", "proc"] {
-        let _ = Command::new("umount").arg(root.join(fs)).status();
+/// Unmounts everything under `root`, deepest first, until nothing is left: mounts can be
+/// stacked (debootstrap's own /proc under our bind) and one `umount` removes only the top,
+/// and `mkfs.ext4 -d` must never copy a live /proc into the image.
+fn unmount_chroot(root: &Path) -> anyhow::Result<()> {
+    for attempt in 0..8 {
+        let mut mounted = mounts_under(root)?;
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        mounted.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounted {
+            let mut umount = Command::new("umount");
+            if attempt >= 4 {
+                // Still busy after four tries: detach it; the image is made from files only.
+                umount.arg("--lazy");
+            }
+            // A failure shows in the next look at the mount table.
+            if !umount.arg(&m).status().is_ok_and(|s| s.success()) {
+                eprintln!("xtask: umount {m} failed; retrying");
+            }
+        }
     }
+    let left = mounts_under(root)?;
+    if left.is_empty() {
+        return Ok(());
+    }
+    bail!("still mounted in the guest root: {}", left.join(", "))
+}
+
+/// Mount points at or below `root`, from /proc/self/mountinfo (field 5).
+fn mounts_under(root: &Path) -> anyhow::Result<Vec<String>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let root = root.to_string_lossy();
+    Ok(table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| {
+            m.strip_prefix(&*root)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Installs each kernel of `KERNELS` in the chroot; returns (label, release) pairs.

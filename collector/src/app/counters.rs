@@ -123,6 +123,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
             ("sampling_traces_not_sampled", st.traces_not_sampled),
             ("sampling_traces_forced", st.traces_forced),
             ("sampling_segments_dropped", st.segments_dropped),
+            ("sampling_rules_from_xray", st.rules_from_xray),
         ]);
     }
     if let Some(r) = s.relay {

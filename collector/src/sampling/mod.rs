@@ -35,6 +35,8 @@ pub struct SamplingStats {
     pub traces_not_sampled: u64,
     pub traces_forced: u64,
     pub segments_dropped: u64,
+    /// Rules in effect that came from X-Ray (a level: 0 until the first GetSamplingRules).
+    pub rules_from_xray: u64,
 }
 
 /// Decisions remembered at once (traces whose segments may still come).
@@ -44,7 +46,7 @@ pub struct Sampler {
     rules: SharedRules,
     decisions: HashMap<String, bool>,
     order: VecDeque<String>,
-    pub stats: SamplingStats,
+    stats: SamplingStats,
 }
 
 /// The SDKs' default: 1 request/s, then 5 %.
@@ -73,6 +75,15 @@ impl Sampler {
                 .map(|r| RuleState::new(r, Quota::Local))
                 .collect(),
         )))
+    }
+
+    pub fn stats(&self) -> SamplingStats {
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let from_xray = rules.iter().filter(|r| r.quota != Quota::Local).count();
+        SamplingStats {
+            rules_from_xray: from_xray as u64,
+            ..self.stats
+        }
     }
 
     /// Whether a segment of `trace_id` is kept. The first segment of a trace decides for all.
@@ -164,6 +175,7 @@ mod tests {
                 traces_not_sampled: 1,
                 traces_forced: 1,
                 segments_dropped: 2,
+                rules_from_xray: 0,
             }
         );
     }

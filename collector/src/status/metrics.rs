@@ -20,6 +20,7 @@ use super::Status;
 const GAUGES: &[&str] = &[
     "kube_pods_cached",
     "xray_queue_depth",
+    "sampling_rules_from_xray",
     "trace_requests_remembered",
     "enrich_pids_cached",
     "http_conns_open",
