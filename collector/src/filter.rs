@@ -1,9 +1,12 @@
-//! What not to trace. Process-name exclusion and the collector's own traffic are filtered in
-//! the kernel; Kubernetes health checks (`User-Agent: kube-probe/…`) as soon as an exchange
-//! is parsed; the rest per segment in the enrichment stage, where the pod is known. Defaults
-//! drop health checks and pods that opt out by annotation.
+//! Stage 6, with sampling: what not to trace. Process-name exclusion and the collector's own
+//! traffic are filtered in the kernel; Kubernetes health checks (`User-Agent: kube-probe/…`)
+//! as soon as an exchange is parsed; the rest per span group once enrichment has found its
+//! pod (`Selection`). Defaults drop health checks and pods that opt out by annotation, and
+//! the spans of processes that send their own X-Ray SDK segments (the SDK's win).
 
 use std::{collections::BTreeMap, str::FromStr};
+
+use crate::{counters::counters, enrich::sdk_senders::SdkSenders, http::HttpOut, trace::SpanGroup};
 
 /// A Kubernetes label selector: comma-separated requirements `k=v`, `k==v`, `k!=v`, `k`,
 /// `!k`, `k in (a,b)`, `k notin (a,b)` (the syntax of `kubectl -l`).
@@ -99,7 +102,7 @@ pub struct Filters {
     pub trace_kube_probes: bool,
 }
 
-/// Why a segment was filtered out (each counted).
+/// Why a span group was filtered out (each counted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
     Port,
@@ -162,6 +165,95 @@ impl Filters {
             return Err(Dropped::OptedOut);
         }
         Ok(())
+    }
+}
+
+counters! {
+    /// What the filters dropped, by reason.
+    pub struct FilterStats("filter") {
+        /// Exchanges: Kubernetes health checks.
+        pub dropped_kube_probe,
+        pub dropped_port,
+        pub dropped_process,
+        pub dropped_namespace,
+        pub dropped_pod_labels,
+        /// Their pod opts out (`xray-collector.io/exclude: "true"`).
+        pub excluded_by_annotation,
+        /// Their process sends its own SDK segments.
+        pub dropped_sdk_duplicate,
+    }
+}
+
+/// The filters applied to exchanges and span groups.
+pub struct Selection {
+    filters: Filters,
+    sdk_senders: SdkSenders,
+    pub stats: FilterStats,
+}
+
+impl Selection {
+    pub fn new(filters: Filters, sdk_senders: SdkSenders) -> Self {
+        Self {
+            filters,
+            sdk_senders,
+            stats: FilterStats::default(),
+        }
+    }
+
+    /// Whether an exchange of the HTTP stage goes on to the trace stage (health checks do
+    /// not, unless asked for).
+    pub fn keep_exchange(&mut self, event: &HttpOut) -> bool {
+        let request = match event {
+            HttpOut::Started { start, .. } => &start.request,
+            HttpOut::Done(e) => &e.exchange.request,
+        };
+        if self.filters.drops_request(request.user_agent.as_deref()) {
+            if matches!(event, HttpOut::Done(_)) {
+                self.stats.dropped_kube_probe += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Whether an enriched group goes out; calls to excluded ports leave their group.
+    pub fn keep(&mut self, group: &mut SpanGroup) -> bool {
+        if group.pid == 0 {
+            return true;
+        }
+        let pod = group.resource.pod.as_ref();
+        let instrumented = self.sdk_senders.is_instrumented(
+            group.pid,
+            pod.map(|p| p.uid.as_str()),
+            std::time::Instant::now(),
+        );
+        if instrumented {
+            self.stats.dropped_sdk_duplicate += 1;
+            return false;
+        }
+        let subject = Subject {
+            port: group.first().port,
+            process: &group.process,
+            pod: pod.map(|p| (p.namespace.as_str(), &*p.labels, p.opted_out)),
+        };
+        if let Err(reason) = self.filters.decide(&subject) {
+            *match reason {
+                Dropped::Port => &mut self.stats.dropped_port,
+                Dropped::Process => &mut self.stats.dropped_process,
+                Dropped::Namespace => &mut self.stats.dropped_namespace,
+                Dropped::PodLabels => &mut self.stats.dropped_pod_labels,
+                Dropped::OptedOut => &mut self.stats.excluded_by_annotation,
+            } += 1;
+            return false;
+        }
+        let ports = &self.filters.exclude_ports;
+        if !ports.is_empty() && group.spans.len() > 1 {
+            let mut first = true;
+            group
+                .spans
+                .retain(|s| std::mem::take(&mut first) || !ports.contains(&s.port));
+        }
+        true
     }
 }
 

@@ -5,11 +5,12 @@ use std::io::Write;
 
 use crate::{
     enrich::{EnrichStats, Enricher, ProcCgroups},
-    export::{OutputFormat, SegmentExporter, events::EventPrinter, exchanges::ExchangePrinter},
+    export::{OutputFormat, SpanExporter, events::EventPrinter, exchanges::ExchangePrinter},
+    filter::{FilterStats, Selection},
     http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
     sampling::{Sampler, SamplingStats},
     source::{clock::Clock, event::KernelEvent},
-    trace::{Segment, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
+    trace::{SpanGroup, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
 };
 
 #[expect(clippy::large_enum_variant, reason = "one per collector")]
@@ -22,16 +23,17 @@ pub enum Pipeline<W: Write> {
         printer: ExchangePrinter<W>,
         batch: Vec<HttpOut>,
     },
-    /// Events → streams → exchanges → linked segments → pod/node metadata.
+    /// Events → streams → exchanges → linked spans → pod/node metadata → sampling.
     Traces {
         tracker: HttpTracker,
         assembler: TraceAssembler<ProcFs>,
         enricher: Enricher<ProcCgroups>,
+        selection: Selection,
         /// Sampling of the traces we make (none: every trace is kept).
         sampler: Option<Sampler>,
-        exporter: Box<dyn SegmentExporter>,
+        exporter: Box<dyn SpanExporter>,
         http: Vec<HttpOut>,
-        segments: Vec<Segment>,
+        groups: Vec<SpanGroup>,
     },
 }
 
@@ -49,21 +51,23 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn traces(
-        exporter: Box<dyn SegmentExporter>,
+        exporter: Box<dyn SpanExporter>,
         clock: Clock,
         limits: TrackerLimits,
         config: TraceConfig,
         enricher: Enricher<ProcCgroups>,
+        selection: Selection,
         sampler: Option<Sampler>,
     ) -> Self {
         Self::Traces {
             tracker: HttpTracker::new(limits),
             assembler: TraceAssembler::new(config, clock, ProcFs::default()),
             enricher,
+            selection,
             sampler,
             exporter,
             http: Vec::new(),
-            segments: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -81,20 +85,20 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                enricher,
+                selection,
                 http,
                 ..
             } => {
                 tracker.on_event(event, http);
-                http.retain(|h| enricher.keep(h));
+                http.retain(|h| selection.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 Ok(())
             }
         }
     }
 
-    /// Periodic work: stale holes become gaps, idle connections are closed, held segments
-    /// are built.
+    /// Periodic work: stale holes become gaps, idle connections are closed, held spans are
+    /// built.
     pub fn tick(&mut self, now_ns: u64) -> std::io::Result<()> {
         match self {
             Self::Events(_) => Ok(()),
@@ -110,23 +114,24 @@ impl<W: Write> Pipeline<W> {
                 tracker,
                 assembler,
                 enricher,
+                selection,
                 sampler,
                 exporter,
                 http,
-                segments,
+                groups,
             } => {
                 tracker.expire(now_ns, http);
-                http.retain(|h| enricher.keep(h));
+                http.retain(|h| selection.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
-                assembler.tick(now_ns, segments);
+                assembler.tick(now_ns, groups);
                 enricher.tick(now_ns);
-                finish_segments(enricher, sampler.as_mut(), segments);
-                exporter.export(segments)
+                finish_groups(enricher, selection, sampler.as_mut(), groups);
+                exporter.export(groups)
             }
         }
     }
 
-    /// At shutdown (`stop_ns`): finish every connection's exchanges and build every segment.
+    /// At shutdown (`stop_ns`): finish every connection's exchanges and build every span.
     pub fn finish(&mut self, stop_ns: u64) -> std::io::Result<()> {
         match self {
             Self::Events(_) => Ok(()),
@@ -142,17 +147,18 @@ impl<W: Write> Pipeline<W> {
                 tracker,
                 assembler,
                 enricher,
+                selection,
                 sampler,
                 exporter,
                 http,
-                segments,
+                groups,
             } => {
                 tracker.close_all(stop_ns, http);
-                http.retain(|h| enricher.keep(h));
+                http.retain(|h| selection.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
-                assembler.finish(segments);
-                finish_segments(enricher, sampler.as_mut(), segments);
-                exporter.export(segments)
+                assembler.finish(groups);
+                finish_groups(enricher, selection, sampler.as_mut(), groups);
+                exporter.export(groups)
             }
         }
     }
@@ -218,6 +224,13 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    pub fn filter_stats(&self) -> Option<FilterStats> {
+        match self {
+            Self::Traces { selection, .. } => Some(selection.stats),
+            _ => None,
+        }
+    }
+
     pub fn enrich_stats(&self) -> Option<EnrichStats> {
         match self {
             Self::Traces { enricher, .. } => Some(enricher.stats),
@@ -226,35 +239,25 @@ impl<W: Write> Pipeline<W> {
     }
 }
 
-/// Enrichment (names, pods; filters and SDK duplicates dropped), then sampling, which
-/// decides per trace on the root's service as enrichment names it.
-fn finish_segments(
+/// Enrichment (names, pods), the filters (and SDK duplicates), then sampling, which decides
+/// per trace on the root's service as enrichment named it.
+fn finish_groups(
     enricher: &mut Enricher<ProcCgroups>,
+    selection: &mut Selection,
     sampler: Option<&mut Sampler>,
-    segments: &mut Vec<Segment>,
+    groups: &mut Vec<SpanGroup>,
 ) {
-    segments.retain_mut(|s| enricher.enrich(s));
+    groups.retain_mut(|g| {
+        enricher.enrich(g);
+        selection.keep(g)
+    });
     let Some(sampler) = sampler else {
         return;
     };
     let now_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    segments.retain(|s| {
-        let (Some(trace_id), Some(root)) = (&s.trace_id, &s.root) else {
-            return true;
-        };
-        let (name, origin) = if root.pid == s.pid && s.kind.is_none() {
-            (
-                s.name.clone(),
-                s.origin.as_deref().unwrap_or_default().to_owned(),
-            )
-        } else {
-            let (n, o) = enricher.service_of(root.pid);
-            (n, o.to_owned())
-        };
-        sampler.keep(trace_id, root, &name, &origin, now_secs)
-    });
+    groups.retain(|g| sampler.keep_group(g, now_secs));
 }
 
 fn export<W: Write>(

@@ -156,7 +156,7 @@ fn sdk_segments_are_relayed_unchanged_and_ebpf_services_join_their_trace() {
         .collect();
     assert!(duplicates.is_empty(), "{duplicates:#?}");
     assert!(
-        counters["enrich_dropped_sdk_duplicate"] >= 5,
+        counters["filter_dropped_sdk_duplicate"] >= 5,
         "{counters:?}"
     );
     assert_eq!(counters["udp_datagrams_accepted"], 5, "{counters:?}");

@@ -94,19 +94,8 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
     }
     if let Some(e) = s.pipeline.enrich_stats() {
         let pods = s.shared.pods.lock().unwrap_or_else(|e| e.into_inner());
+        add(&e.pairs());
         add(&[
-            ("enrich_with_pod", e.with_pod),
-            ("enrich_container_without_pod", e.container_without_pod),
-            ("enrich_host_processes", e.host_processes),
-            ("enrich_excluded_by_annotation", e.excluded_by_annotation),
-            ("enrich_dropped_sdk_duplicate", e.dropped_sdk_duplicate),
-            ("filter_dropped_kube_probe", e.dropped_kube_probe),
-            ("filter_dropped_port", e.dropped_port),
-            ("filter_dropped_process", e.dropped_process),
-            ("filter_dropped_namespace", e.dropped_namespace),
-            ("filter_dropped_pod_labels", e.dropped_pod_labels),
-            ("enrich_pids_evicted", e.pids_evicted),
-            ("enrich_pid_cache_resets", e.pid_cache_resets),
             ("kube_pods_cached", pods.len() as u64),
             ("kube_pod_events", pods.stats.applied + pods.stats.deleted),
             ("kube_relists", pods.stats.relists),
@@ -116,6 +105,9 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
                 s.kube.map_or(0, |k| k.errors.load(Ordering::Relaxed)),
             ),
         ]);
+    }
+    if let Some(f) = s.pipeline.filter_stats() {
+        add(&f.pairs());
     }
     if let Some(st) = s.pipeline.sampling_stats() {
         add(&[

@@ -17,7 +17,7 @@ use crate::{
         traces::TracePrinter,
         xray::{self, XrayConfig},
     },
-    filter::Filters,
+    filter::{Filters, Selection},
     guard::{Budget, Guard, measure},
     http::TrackerLimits,
     pipeline::Pipeline,
@@ -98,12 +98,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             EnrichConfig {
                 cluster_name: args.cluster_name.clone(),
                 node_name: args.node_name.clone(),
-                filters: filters(&args),
             },
             shared.clone(),
             ProcCgroups,
         )
     };
+    let selection = || Selection::new(filters(&args), shared.sdk_senders.clone());
     let xray_config = XrayConfig {
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -132,6 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             TrackerLimits::default(),
             trace_config,
             enricher(),
+            selection(),
             sampler,
         ),
         ExporterKind::Xray => {
@@ -143,6 +144,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 TrackerLimits::default(),
                 trace_config,
                 enricher(),
+                selection(),
                 sampler,
             )
         }
@@ -154,7 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let (udp, tcp) = relay_addresses(&args)?;
         if let Some(bind) = udp {
             let sink = match &xray {
-                Some((q, _)) => relay::Sink::Xray(q.clone()),
+                Some((q, _)) => relay::Sink::Queue(std::sync::Arc::new(q.clone())),
                 None => relay::Sink::MainLoop(sdk_docs_tx),
             };
             match relay::start_udp(bind, sink, shared.clone(), shared.sdk_senders.clone()).await {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use aws_config::{imds, provider_config::ProviderConfig};
 
-use super::{Ec2Meta, SharedMeta};
+use super::SharedMeta;
+use crate::trace::span::Ec2Resource;
 
-pub async fn query() -> Result<Ec2Meta, String> {
+pub async fn query() -> Result<Ec2Resource, String> {
     if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err("AWS_EC2_METADATA_DISABLED=true".to_owned());
     }
@@ -30,7 +31,7 @@ pub async fn query() -> Result<Ec2Meta, String> {
                 .map_err(|e| format!("{path}: {e}"))
         }
     };
-    Ok(Ec2Meta {
+    Ok(Ec2Resource {
         instance_id: get("/latest/meta-data/instance-id").await?,
         availability_zone: get("/latest/meta-data/placement/availability-zone").await?,
     })

@@ -29,8 +29,8 @@ pub struct PodMeta {
     pub app_name_label: Option<String>,
     /// `xray-collector.io/exclude: "true"`.
     pub excluded: bool,
-    /// The pod's labels (for label-selector filters).
-    pub labels: std::collections::BTreeMap<String, String>,
+    /// The pod's labels (for label-selector filters; shared with every span group of the pod).
+    pub labels: std::sync::Arc<std::collections::BTreeMap<String, String>>,
     /// (kind, name): Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, ...
     pub workload: Option<(String, String)>,
     /// (container id without scheme, container name).
@@ -104,7 +104,7 @@ impl PodMeta {
                 .and_then(|a| a.get(SERVICE_NAME_ANNOTATION))
                 .filter(|v| !v.trim().is_empty())
                 .cloned(),
-            labels: labels.cloned().unwrap_or_default(),
+            labels: std::sync::Arc::new(labels.cloned().unwrap_or_default()),
             excluded: meta
                 .annotations
                 .as_ref()

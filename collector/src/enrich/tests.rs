@@ -1,6 +1,7 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use super::*;
+use crate::trace::span::fixtures::server_group;
 
 const ID: &str = "3f9e4b1a7c2d8e6f0a5b9c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f";
 const UID: &str = "7b2c1d0e-4f5a-4b6c-8d9e-0f1a2b3c4d5e";
@@ -26,28 +27,16 @@ impl CgroupReader for FakeProc {
     }
 }
 
-fn segment(pid: u32) -> Segment {
-    Segment {
-        name: "python3".into(),
-        id: "0123456789abcdef".into(),
-        trace_id: Some("1-00000000-000000000000000000000000".into()),
-        parent_id: None,
-        start_time: 1.0,
-        end_time: 2.0,
-        kind: None,
-        namespace: None,
-        origin: None,
-        http: None,
-        error: false,
-        throttle: false,
-        fault: false,
-        annotations: BTreeMap::new(),
-        aws: None,
-        subsegments: vec![],
-        pid,
-        port: 8080,
-        root: None,
-    }
+fn group(pid: u32) -> SpanGroup {
+    server_group("python3", pid)
+}
+
+/// A call sent on its own under a request whose group already left.
+fn late_call(pid: u32) -> SpanGroup {
+    let mut g = group(pid);
+    g.spans[0].kind = crate::trace::SpanKind::Client;
+    g.spans[0].parent_id = Some("1111111111111111".into());
+    g
 }
 
 fn pod() -> PodMeta {
@@ -84,7 +73,6 @@ fn enricher(pods: &[PodMeta]) -> Enricher<FakeProc> {
         EnrichConfig {
             cluster_name: Some("prod".into()),
             node_name: Some("node-a".into()),
-            filters: Default::default(),
         },
         shared,
         proc,
@@ -92,26 +80,58 @@ fn enricher(pods: &[PodMeta]) -> Enricher<FakeProc> {
 }
 
 #[test]
-fn a_pod_process_gets_pod_workload_and_eks_block() {
+fn a_pod_process_gets_pod_workload_node_and_cluster() {
     let mut e = enricher(&[pod()]);
-    let mut s = segment(10);
-    assert!(e.enrich(&mut s));
-    let json: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
-    assert_eq!(json["name"], "checkout");
-    assert_eq!(json["origin"], "AWS::EKS::Container");
+    let mut g = group(10);
+    e.enrich(&mut g);
+    assert_eq!(g.service, "checkout");
     assert_eq!(
-        json["aws"]["eks"],
-        serde_json::json!({"pod": "checkout-7d4b9c8f6d-x2x9q", "cluster_name": "prod", "container_id": ID})
+        g.resource,
+        Resource {
+            pod: Some(PodResource {
+                name: "checkout-7d4b9c8f6d-x2x9q".into(),
+                namespace: "shop".into(),
+                uid: UID.into(),
+                container_id: Some(ID.into()),
+                container: Some("app".into()),
+                workload: Some(("Deployment".into(), "checkout".into())),
+                labels: Default::default(),
+                opted_out: false,
+            }),
+            ec2: None,
+            node: Some("node-a".into()),
+            cluster: Some("prod".into()),
+        }
     );
+    assert_eq!(origin(&g.resource), ORIGIN_EKS);
     assert_eq!(
-        json["annotations"],
-        serde_json::json!({
-            "k8s_namespace": "shop", "k8s_pod": "checkout-7d4b9c8f6d-x2x9q", "k8s_container": "app",
-            "k8s_workload": "checkout", "k8s_workload_kind": "Deployment", "k8s_node": "node-a"
+        g.root_service,
+        Some(RootService {
+            name: "checkout".into(),
+            origin: ORIGIN_EKS
+        }),
+        "the group's own process is the root"
+    );
+    assert_eq!(e.stats.with_pod, 1);
+}
+
+#[test]
+fn a_root_in_another_process_is_named_for_sampling_as_its_own_groups_are() {
+    let mut e = enricher(&[pod()]);
+    let mut g = group(11);
+    g.root = std::sync::Arc::new(crate::trace::span::TraceRoot {
+        pid: 10,
+        ..Default::default()
+    });
+    e.enrich(&mut g);
+    assert_eq!(g.service, "python3");
+    assert_eq!(
+        g.root_service,
+        Some(RootService {
+            name: "checkout".into(),
+            origin: ORIGIN_EKS
         })
     );
-    assert!(json.get("pid").is_none(), "the pid is never exported");
-    assert_eq!(e.stats.with_pod, 1);
 }
 
 #[test]
@@ -148,95 +168,87 @@ fn service_name_precedence() {
 #[test]
 fn host_processes_and_unknown_pods_keep_their_process_name() {
     let mut e = enricher(&[]);
-    let mut host = segment(11);
-    assert!(e.enrich(&mut host));
-    assert_eq!(host.name, "python3");
-    assert_eq!(host.origin, None);
-    let mut unknown = segment(10);
-    assert!(e.enrich(&mut unknown));
-    assert_eq!(unknown.name, "python3");
-    assert!(unknown.annotations.is_empty());
+    let mut host = group(11);
+    e.enrich(&mut host);
+    assert_eq!(host.service, "python3");
+    assert_eq!(origin(&host.resource), "");
+    assert_eq!(
+        host.resource.node.as_deref(),
+        Some("node-a"),
+        "the flag's node"
+    );
+    let mut unknown = group(10);
+    e.enrich(&mut unknown);
+    assert_eq!(unknown.service, "python3");
+    assert_eq!(unknown.resource.pod, None);
     assert_eq!(
         (e.stats.host_processes, e.stats.container_without_pod),
         (1, 1)
     );
-    // The pod arrives (API back): the next segment of that process is enriched.
+    // The pod arrives (API back): the next group of that process is enriched.
     e.shared.pods.lock().unwrap().apply(pod());
-    let mut later = segment(10);
-    assert!(e.enrich(&mut later));
-    assert_eq!(later.name, "checkout");
+    let mut later = group(10);
+    e.enrich(&mut later);
+    assert_eq!(later.service, "checkout");
 }
 
 #[test]
 fn a_container_not_yet_in_status_is_found_by_pod_uid() {
     let mut e = enricher(&[pod()]);
-    let mut s = segment(12);
-    assert!(e.enrich(&mut s));
-    assert_eq!(s.name, "checkout");
-    let eks = s.aws.unwrap().eks.unwrap();
-    assert_eq!(eks.container_id.as_deref(), Some("b".repeat(64).as_str()));
-    assert!(!s.annotations.contains_key("k8s_container"));
+    let mut g = group(12);
+    e.enrich(&mut g);
+    assert_eq!(g.service, "checkout");
+    let pod = g.resource.pod.unwrap();
+    assert_eq!(pod.container_id.as_deref(), Some("b".repeat(64).as_str()));
+    assert_eq!(pod.container, None);
 }
 
 #[test]
-fn independent_subsegments_and_unknown_pids_are_left_alone() {
+fn late_calls_are_not_counted_twice_and_unknown_pids_are_left_alone() {
     let mut e = enricher(&[pod()]);
-    let mut sub = segment(10);
-    sub.kind = Some("subsegment");
-    sub.name = "callee.example".into();
-    assert!(e.enrich(&mut sub));
-    assert_eq!(sub.name, "callee.example");
-    assert_eq!(sub.origin, None);
-    let mut no_pid = segment(0);
-    assert!(e.enrich(&mut no_pid));
-    assert_eq!(no_pid.name, "python3");
+    let mut late = late_call(10);
+    e.enrich(&mut late);
+    assert_eq!(late.service, "checkout", "the resource is the process's");
+    assert_eq!(
+        e.stats.with_pod, 0,
+        "counted with the request it belongs to"
+    );
+    let mut no_pid = group(0);
+    e.enrich(&mut no_pid);
+    assert_eq!(no_pid.service, "python3");
+    assert_eq!(no_pid.resource, Resource::default());
 }
 
 #[test]
-fn ec2_block_when_known() {
+fn ec2_is_known_to_every_group() {
     let mut e = enricher(&[pod()]);
-    *e.shared.ec2.write().unwrap() = Some(Ec2Meta {
+    *e.shared.ec2.write().unwrap() = Some(Ec2Resource {
         instance_id: "i-0123456789abcdef0".into(),
         availability_zone: "eu-west-1a".into(),
     });
-    let mut host = segment(11);
-    assert!(e.enrich(&mut host));
-    assert_eq!(host.origin.as_deref(), Some(ORIGIN_EC2));
-    let ec2 = host.aws.as_ref().unwrap().ec2.as_ref().unwrap();
-    assert_eq!(ec2.instance_id, "i-0123456789abcdef0");
-    let mut in_pod = segment(10);
-    assert!(e.enrich(&mut in_pod));
+    let mut host = group(11);
+    e.enrich(&mut host);
+    assert_eq!(origin(&host.resource), ORIGIN_EC2);
     assert_eq!(
-        in_pod.origin.as_deref(),
-        Some(ORIGIN_EKS),
-        "EKS origin wins"
+        host.resource.ec2.as_ref().unwrap().instance_id,
+        "i-0123456789abcdef0"
     );
-    assert!(in_pod.aws.as_ref().unwrap().ec2.is_some());
+    let mut in_pod = group(10);
+    e.enrich(&mut in_pod);
+    assert_eq!(origin(&in_pod.resource), ORIGIN_EKS, "EKS origin wins");
+    assert!(in_pod.resource.ec2.is_some());
 }
 
 #[test]
 fn cgroups_are_read_once_per_pid_and_exited_pids_evicted() {
     let mut e = enricher(&[pod()]);
     for _ in 0..3 {
-        assert!(e.enrich(&mut segment(10)));
-        assert!(e.enrich(&mut segment(11)));
+        e.enrich(&mut group(10));
+        e.enrich(&mut group(11));
     }
     assert_eq!(e.reader.reads, 2);
     e.reader.cgroups.remove(&11);
     e.tick(SWEEP_EVERY_NS + 1);
     assert_eq!(e.cached_pids(), 1);
     assert_eq!(e.stats.pids_evicted, 1);
-}
-
-#[test]
-fn pods_that_opt_out_lose_their_segments() {
-    let mut p = pod();
-    p.excluded = true;
-    let mut e = enricher(&[p]);
-    assert!(!e.enrich(&mut segment(10)));
-    let mut sub = segment(10);
-    sub.kind = Some("subsegment");
-    assert!(!e.enrich(&mut sub));
-    assert!(e.enrich(&mut segment(11)), "other processes are kept");
-    assert_eq!(e.stats.excluded_by_annotation, 2);
 }

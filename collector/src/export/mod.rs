@@ -5,15 +5,16 @@ pub mod exchanges;
 pub mod traces;
 pub mod xray;
 
-use crate::trace::Segment;
+use crate::trace::SpanGroup;
 
-/// The exporter contract for segments (OpenTelemetry's SpanExporter, for X-Ray): the
-/// pipeline hands over batches of finished segments, one call at a time, never concurrently.
+/// The exporter contract (OpenTelemetry's SpanExporter): the pipeline hands over batches of
+/// finished span groups, one call at a time, never concurrently; each exporter converts them
+/// to its own wire format.
 /// `export` must not wait on a network: an exporter that talks to a service keeps a bounded
 /// queue, counts what it drops, and sends from its own task with its own deadlines.
-pub trait SegmentExporter {
+pub trait SpanExporter {
     /// Takes the batch (leaving it empty).
-    fn export(&mut self, batch: &mut Vec<Segment>) -> std::io::Result<()>;
+    fn export(&mut self, batch: &mut Vec<SpanGroup>) -> std::io::Result<()>;
     /// Writes out anything buffered.
     fn flush(&mut self) -> std::io::Result<()>;
     /// Documents made elsewhere (X-Ray SDKs, through the UDP relay), passed on unchanged.

@@ -3,8 +3,11 @@
 
 use std::io::Write;
 
-use super::OutputFormat;
-use crate::trace::Segment;
+use super::{
+    OutputFormat,
+    xray::{document::Segment, segments},
+};
+use crate::trace::SpanGroup;
 
 /// Width of the waterfall bars.
 const BAR: usize = 40;
@@ -19,7 +22,8 @@ impl<W: Write> TracePrinter<W> {
         Self { out, format }
     }
 
-    pub fn export(&mut self, segment: Segment) -> std::io::Result<()> {
+    pub fn export(&mut self, group: &SpanGroup) -> std::io::Result<()> {
+        let segment = segments::segment(group);
         match self.format {
             OutputFormat::Json => {
                 for doc in segment.into_documents() {
@@ -37,11 +41,11 @@ impl<W: Write> TracePrinter<W> {
     }
 }
 
-impl<W: Write> super::SegmentExporter for TracePrinter<W> {
-    fn export(&mut self, batch: &mut Vec<Segment>) -> std::io::Result<()> {
+impl<W: Write> super::SpanExporter for TracePrinter<W> {
+    fn export(&mut self, batch: &mut Vec<SpanGroup>) -> std::io::Result<()> {
         batch
             .drain(..)
-            .try_for_each(|s| TracePrinter::export(self, s))
+            .try_for_each(|g| TracePrinter::export(self, &g))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -122,7 +126,10 @@ fn line(prefix: &str, s: &Segment, t0: f64, span: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::document::{Http, HttpRequest, HttpResponse};
+    use crate::{
+        export::xray::document::{Http, HttpRequest, HttpResponse},
+        trace::span::fixtures::server_group,
+    };
 
     fn seg(name: &str, start: f64, end: f64, subs: Vec<Segment>) -> Segment {
         Segment {
@@ -155,9 +162,6 @@ mod tests {
             annotations: Default::default(),
             aws: None,
             subsegments: subs,
-            pid: 0,
-            port: 0,
-            root: None,
         }
     }
 
@@ -181,7 +185,7 @@ mod tests {
     #[test]
     fn json_output_is_one_document_per_line() {
         let mut p = TracePrinter::new(Vec::new(), OutputFormat::Json);
-        p.export(seg("a", 1.0, 2.0, vec![])).unwrap();
+        p.export(&server_group("a", 1)).unwrap();
         let out = String::from_utf8(p.out).unwrap();
         assert_eq!(out.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

@@ -122,3 +122,73 @@ fn includes_and_excludes() {
     node.process = "node";
     assert_eq!(g.decide(&node), Err(Dropped::Process));
 }
+
+fn pod_group(namespace: &str, opted_out: bool) -> SpanGroup {
+    let mut g = crate::trace::span::fixtures::server_group("svc", 10);
+    g.process = "python3".into();
+    g.resource.pod = Some(crate::trace::span::PodResource {
+        name: "p".into(),
+        namespace: namespace.into(),
+        uid: "uid-1".into(),
+        labels: std::sync::Arc::new(labels(&[("team", "payments")])),
+        opted_out,
+        ..Default::default()
+    });
+    g
+}
+
+#[test]
+fn groups_of_opted_out_pods_sdk_senders_and_excluded_namespaces_are_dropped_and_counted() {
+    let senders = SdkSenders::default();
+    let mut s = Selection::new(
+        Filters {
+            exclude_namespaces: vec!["kube-system".into()],
+            exclude_pod_labels: Some("team=ads".parse().unwrap()),
+            ..Filters::default()
+        },
+        senders.clone(),
+    );
+    assert!(s.keep(&mut pod_group("shop", false)));
+    assert!(!s.keep(&mut pod_group("shop", true)));
+    assert!(!s.keep(&mut pod_group("kube-system", false)));
+    senders.mark(
+        crate::enrich::sdk_senders::Sender::Pod("uid-1".into()),
+        std::time::Instant::now(),
+    );
+    assert!(
+        !s.keep(&mut pod_group("shop", false)),
+        "the SDK's own segments win"
+    );
+    assert_eq!(
+        (
+            s.stats.excluded_by_annotation,
+            s.stats.dropped_namespace,
+            s.stats.dropped_sdk_duplicate
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(s.stats.pairs()[5], ("filter_excluded_by_annotation", 1));
+}
+
+#[test]
+fn calls_to_an_excluded_port_leave_their_group_and_the_request_stays() {
+    let mut s = Selection::new(
+        Filters {
+            exclude_ports: vec![6379],
+            ..Filters::default()
+        },
+        SdkSenders::default(),
+    );
+    let mut g = pod_group("shop", false);
+    let mut call = g.spans[0].clone();
+    call.kind = crate::trace::SpanKind::Client;
+    for port in [6379, 80] {
+        g.spans.push(crate::trace::Span {
+            port,
+            ..call.clone()
+        });
+    }
+    assert!(s.keep(&mut g));
+    let ports: Vec<u16> = g.spans.iter().map(|s| s.port).collect();
+    assert_eq!(ports, vec![8080, 80]);
+}

@@ -18,14 +18,23 @@ use std::{
 };
 
 use datagram::{MAX_DATAGRAM, Reject};
-use senders::{SdkSenders, SenderResolver};
+use senders::SenderResolver;
 
-use crate::{enrich::SharedMeta, export::xray::XrayQueue, logging::Throttle};
+use crate::{
+    enrich::{SharedMeta, sdk_senders::SdkSenders},
+    logging::Throttle,
+};
 
-/// Where accepted documents go: the X-Ray queue directly, or the main loop (stdout).
+/// A queue that takes SDK documents as they are (the X-Ray exporter's: PutTraceSegments
+/// accepts them unchanged). Pushing never waits.
+pub trait DocumentQueue: Send + Sync {
+    fn push(&self, doc: String);
+}
+
+/// Where accepted documents go: an exporter's queue directly, or the main loop (stdout).
 #[derive(Clone)]
 pub enum Sink {
-    Xray(XrayQueue),
+    Queue(Arc<dyn DocumentQueue>),
     MainLoop(SyncSender<String>),
 }
 
@@ -85,7 +94,7 @@ pub async fn start_udp(
                         senders.mark(sender, now);
                     }
                     match &sink {
-                        Sink::Xray(q) => q.push(doc.body.to_owned()),
+                        Sink::Queue(q) => q.push(doc.body.to_owned()),
                         Sink::MainLoop(tx) => match tx.try_send(doc.body.to_owned()) {
                             Ok(()) => {}
                             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {

@@ -15,19 +15,10 @@ use std::{
 
 use rules::{Quota, Request, Rule, RuleState};
 
+use crate::trace::span::{SpanGroup, TraceRoot};
+
 /// The rules in priority order, shared with the poller that refreshes them.
 pub type SharedRules = Arc<Mutex<Vec<RuleState>>>;
-
-/// What the root request of a trace was (carried by every segment of the trace).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RootRequest {
-    pub pid: u32,
-    pub host: String,
-    pub method: String,
-    pub path: String,
-    /// The caller's decision (`Sampled=1` / `0` in the incoming header).
-    pub forced: Option<bool>,
-}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SamplingStats {
@@ -86,11 +77,21 @@ impl Sampler {
         }
     }
 
-    /// Whether a segment of `trace_id` is kept. The first segment of a trace decides for all.
+    /// Whether a group is kept: on its trace's root request and the root's service as
+    /// enrichment named it (else the group's own service).
+    pub fn keep_group(&mut self, group: &SpanGroup, now_secs: u64) -> bool {
+        let (name, origin) = match &group.root_service {
+            Some(r) => (r.name.as_str(), r.origin),
+            None => (group.service.as_str(), ""),
+        };
+        self.keep(group.trace_id(), &group.root, name, origin, now_secs)
+    }
+
+    /// Whether a group of `trace_id` is kept. The first group of a trace decides for all.
     pub fn keep(
         &mut self,
         trace_id: &str,
-        root: &RootRequest,
+        root: &TraceRoot,
         service_name: &str,
         service_type: &str,
         now_secs: u64,
@@ -142,8 +143,8 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    fn root(forced: Option<bool>) -> RootRequest {
-        RootRequest {
+    fn root(forced: Option<bool>) -> TraceRoot {
+        TraceRoot {
             pid: 1,
             host: "h".into(),
             method: "GET".into(),

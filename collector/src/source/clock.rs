@@ -21,6 +21,11 @@ impl Clock {
         Self { offset_ns }
     }
 
+    /// Unix epoch nanoseconds of a kernel monotonic timestamp.
+    pub fn epoch_ns(&self, ktime_ns: u64) -> u64 {
+        (ktime_ns as i128 + self.offset_ns).clamp(0, u64::MAX as i128) as u64
+    }
+
     /// Unix epoch seconds (with fraction) of a kernel monotonic timestamp.
     pub fn epoch_seconds(&self, ktime_ns: u64) -> f64 {
         (ktime_ns as i128 + self.offset_ns) as f64 / 1e9

@@ -1,14 +1,13 @@
-//! Stage 4: HTTP exchanges → linked X-Ray segments.
+//! Stage 4: HTTP exchanges → linked spans, in groups that leave together (`span.rs`).
 //!
 //! Every request gets its span id when it starts. Decisions — which inbound request an
 //! outbound call belongs to, which trace a request joins — are made `hold` after an exchange
 //! ends, when every event before that has arrived, and they are made only on sound signals:
-//! - an inbound request becomes a segment; an outbound call a `remote` subsegment of the one
-//!   inbound request in flight on the same thread (never for runtimes that move work between
-//!   threads, such as Go), or of the request whose trace id the app itself forwarded;
-//! - when both ends of a TCP connection are on this node, the server's segment joins the
-//!   client's trace, with the client's subsegment as parent (4-tuple and order on the
-//!   connection);
+//! - an inbound request becomes a server span; an outbound call a client span, the child of
+//!   the one inbound request in flight on the same thread (never for runtimes that move work
+//!   between threads, such as Go), or of the request whose trace id the app itself forwarded;
+//! - when both ends of a TCP connection are on this node, the server's span joins the
+//!   client's trace, with the client's span as parent (4-tuple and order on the connection);
 //! - an incoming X-Amzn-Trace-Id (or a recent W3C traceparent) is honoured; Sampled=0 is not
 //!   exported.
 //!
@@ -22,25 +21,21 @@ use std::{
 };
 
 use super::{
-    document::{
-        AwsBlock, Http, HttpRequest, HttpResponse, Segment, XrayBlock, annotation_key, bounded,
-        epoch_seconds, sanitize_name,
-    },
     header,
     ids::{new_span_id, new_trace_id},
     process::ProcessInfo,
+    span::{HttpSpan, Note, Resource, Span, SpanGroup, SpanKind, TraceRoot, sanitize_name},
 };
 use crate::{
     http::{ConnExchange, ConnMeta, HttpOut, RequestStart, request_url},
-    sampling::RootRequest,
     source::{clock::Clock, event::Role},
 };
 
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
-    /// Segment name for every service (default: the process name).
+    /// The service name of every process (default: the process name).
     pub service_name: Option<String>,
-    /// How long after an exchange ends its document is built.
+    /// How long after an exchange ends its span is built.
     pub hold_ns: u64,
     /// How long finished requests are remembered for links that arrive late.
     pub keep_ns: u64,
@@ -61,10 +56,13 @@ impl Default for TraceConfig {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceStats {
+    /// Server spans (each with the calls nested in it).
     pub segments: u64,
+    /// Calls nested in the request that made them.
     pub subsegments_nested: u64,
+    /// Calls sent on their own: their request's group had already left.
     pub subsegments_independent: u64,
-    /// Outbound calls with no inbound request in flight: their own segment.
+    /// Outbound calls with no inbound request in flight: the root of their trace.
     pub client_segments: u64,
     pub linked_same_node: u64,
     pub linked_by_header: u64,
@@ -93,13 +91,14 @@ enum ParentReason {
 #[derive(Clone, Debug)]
 struct Identity {
     trace_id: String,
+    /// The parent span: from the incoming header, or the caller's span on this node.
     parent_id: Option<String>,
     sampled: Option<bool>,
-    annotations: Vec<(String, serde_json::Value)>,
+    notes: Vec<Note>,
     via_link: bool,
     via_header: bool,
     /// The request at the root of the trace (what sampling decides on).
-    root: Arc<RootRequest>,
+    root: Arc<TraceRoot>,
 }
 
 struct Req {
@@ -198,9 +197,9 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         }
     }
 
-    /// Builds the documents of exchanges that ended at least `hold` before `now_ns`, and
+    /// Builds the spans of exchanges that ended at least `hold` before `now_ns`, and
     /// forgets requests older than `keep`.
-    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Segment>) {
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SpanGroup>) {
         while let Some(Reverse((end, key))) = self.ready.peek().copied() {
             if end.saturating_add(self.config.hold_ns) > now_ns {
                 break;
@@ -211,8 +210,8 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         self.forget(now_ns);
     }
 
-    /// Builds every finished exchange's document now (shutdown).
-    pub fn finish(&mut self, out: &mut Vec<Segment>) {
+    /// Builds every finished exchange's spans now (shutdown).
+    pub fn finish(&mut self, out: &mut Vec<SpanGroup>) {
         self.tick(u64::MAX, out);
     }
 
@@ -281,7 +280,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         self.ready.push(Reverse((end, key)));
     }
 
-    fn emit(&mut self, key: Key, out: &mut Vec<Segment>) {
+    fn emit(&mut self, key: Key, out: &mut Vec<SpanGroup>) {
         let Some(role) = self.reqs.get(&key).map(|r| r.start.role) else {
             return;
         };
@@ -292,7 +291,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         }
     }
 
-    fn emit_server(&mut self, key: Key, out: &mut Vec<Segment>) {
+    fn emit_server(&mut self, key: Key, out: &mut Vec<SpanGroup>) {
         let identity = self.identity(key, 0);
         let req = self.reqs.get_mut(&key).expect("present");
         req.emitted = true;
@@ -308,20 +307,23 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             self.stats.linked_by_header += 1;
         }
         let children = std::mem::take(&mut req.children);
-        let mut segment = self.server_segment(key, &identity);
+        let server = self.server_span(key, &identity);
+        let (trace_id, parent_id) = (server.trace_id.clone(), server.span_id.clone());
+        let mut spans = vec![server];
         for c in children {
-            if let Some(sub) = self.subsegment(c) {
-                segment.subsegments.push(sub);
+            if let Some(mut call) = self.client_span(&trace_id, c) {
+                call.parent_id = Some(parent_id.clone());
+                spans.push(call);
                 self.stats.subsegments_nested += 1;
             }
             self.emitted(c);
         }
         self.stats.segments += 1;
-        out.push(segment);
+        out.push(self.group(key, spans, &identity));
         self.emitted(key);
     }
 
-    fn emit_client(&mut self, key: Key, out: &mut Vec<Segment>) {
+    fn emit_client(&mut self, key: Key, out: &mut Vec<SpanGroup>) {
         let (parent, reason) = self.parent(key);
         match reason {
             ParentReason::Thread => self.stats.parented_by_thread += 1,
@@ -337,57 +339,39 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             self.emitted(key);
             return;
         }
-        match parent {
-            // Nested: the parent's segment carries it, and releases it once built.
+        let parent_id = match parent {
+            // Nested: the parent's group carries it, and releases it once built.
             Some(p) if self.reqs.get(&p).is_some_and(|r| !r.emitted) => {
                 self.reqs.get_mut(&p).expect("checked").children.push(key);
                 return;
             }
-
-            Some(p) => {
-                // The inbound request's segment already left: send this one on its own.
-                let parent_id = self.reqs.get(&p).map(|r| r.span_id.clone());
-                if let Some(mut sub) = self.subsegment(key) {
-                    sub.kind = Some("subsegment");
-                    sub.root = Some(identity.root.clone());
-                    sub.trace_id = Some(identity.trace_id.clone());
-                    sub.parent_id = parent_id;
-                    self.stats.subsegments_independent += 1;
-                    out.push(sub);
-                }
+            // The inbound request's group already left: this call goes on its own.
+            Some(p) => self.reqs.get(&p).map(|r| r.span_id.clone()),
+            // No inbound request owns this call: the root of its trace.
+            None => None,
+        };
+        if let Some(mut call) = self.client_span(&identity.trace_id, key) {
+            match parent_id {
+                Some(_) => self.stats.subsegments_independent += 1,
+                None => self.stats.client_segments += 1,
             }
-            None => {
-                // No inbound request owns this call: the calling service's own segment.
-                let Some(sub) = self.subsegment(key) else {
-                    return;
-                };
-                let name = self.service_name(key);
-                let segment = Segment {
-                    name,
-                    id: identity.parent_id.clone().unwrap_or_else(new_span_id),
-                    trace_id: Some(identity.trace_id.clone()),
-                    parent_id: None,
-                    start_time: sub.start_time,
-                    end_time: sub.end_time,
-                    kind: None,
-                    namespace: None,
-                    origin: None,
-                    http: None,
-                    error: sub.error,
-                    throttle: sub.throttle,
-                    fault: sub.fault,
-                    annotations: BTreeMap::new(),
-                    aws: Some(xray_block()),
-                    port: sub.port,
-                    subsegments: vec![sub],
-                    pid: self.reqs[&key].start.pid,
-                    root: Some(identity.root.clone()),
-                };
-                self.stats.client_segments += 1;
-                out.push(segment);
-            }
+            call.parent_id = parent_id;
+            let group = self.group(key, vec![call], &identity);
+            out.push(group);
         }
         self.emitted(key);
+    }
+
+    fn group(&mut self, key: Key, spans: Vec<Span>, identity: &Identity) -> SpanGroup {
+        SpanGroup {
+            spans,
+            pid: self.reqs[&key].start.pid,
+            process: String::new(),
+            service: self.service_name(key),
+            resource: Resource::default(),
+            root: identity.root.clone(),
+            root_service: None,
+        }
     }
 
     /// Which inbound request an outbound call belongs to (memoized).
@@ -453,15 +437,15 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                         parent_id: None,
                         via_link: false,
                         via_header: false,
-                        annotations: vec![],
+                        notes: vec![],
                         ..parent
                     }
                 }
                 _ => Identity {
                     trace_id: new_trace_id(start_secs),
-                    parent_id: Some(new_span_id()),
+                    parent_id: None,
                     sampled: None,
-                    annotations: vec![],
+                    notes: vec![],
                     via_link: false,
                     via_header: false,
                     root: {
@@ -484,15 +468,12 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     _ => None,
                 };
                 if let Some(trace_id) = incoming.trace_id.clone() {
-                    let mut annotations = vec![];
-                    if let Some(lineage) = incoming.lineage {
-                        annotations.push(("lineage".to_owned(), lineage.into()));
-                    }
+                    let notes = incoming.lineage.map(Note::Lineage).into_iter().collect();
                     Identity {
                         trace_id,
                         parent_id: incoming.parent_id,
                         sampled: incoming.sampled,
-                        annotations,
+                        notes,
                         via_link: false,
                         via_header: true,
                         root: root_request(&req.start, &req.conn, incoming.sampled),
@@ -505,21 +486,22 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                         trace_id: caller_trace.trace_id,
                         parent_id: Some(client.span_id.clone()),
                         sampled: caller_trace.sampled,
-                        annotations: vec![],
+                        notes: vec![],
                         via_link: true,
                         via_header: false,
                         root: caller_trace.root,
                     }
                 } else {
-                    let mut annotations = vec![];
-                    if let Some(tp) = incoming.rejected_traceparent {
-                        annotations.push(("w3c_traceparent".to_owned(), bounded(&tp).into()));
-                    }
+                    let notes = incoming
+                        .rejected_traceparent
+                        .map(Note::RejectedTraceparent)
+                        .into_iter()
+                        .collect();
                     Identity {
                         trace_id: new_trace_id(start_secs),
                         parent_id: None,
                         sampled: incoming.sampled,
-                        annotations,
+                        notes,
                         via_link: false,
                         via_header: false,
                         root: root_request(&req.start, &req.conn, incoming.sampled),
@@ -531,11 +513,11 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         identity
     }
 
-    fn server_segment(&mut self, key: Key, identity: &Identity) -> Segment {
+    fn server_span(&mut self, key: Key, identity: &Identity) -> Span {
         let req = &self.reqs[&key];
         let e = req.exchange.as_ref().expect("emitted when done");
         let x = &e.exchange;
-        let (client_ip, from_xff) = match x
+        let (client_ip, forwarded) = match x
             .request
             .x_forwarded_for
             .as_deref()
@@ -544,97 +526,56 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             Some(first) if !first.trim().is_empty() => (Some(first.trim().to_owned()), true),
             _ => (e.conn.remote.map(|a| a.ip().to_string()), false),
         };
-        let status = x.response.as_ref().map(|r| r.status);
-        let (error, throttle, fault) = status_flags(status);
-        let name = self.service_name(key);
-        let req = &self.reqs[&key];
-        let e = req.exchange.as_ref().expect("emitted when done");
-        let x = &e.exchange;
-        Segment {
-            name,
-            id: req.span_id.clone(),
-            trace_id: Some(identity.trace_id.clone()),
+        let mut notes = identity.notes.clone();
+        notes.extend(ended_at_stop(x));
+        Span {
+            kind: SpanKind::Server,
+            trace_id: identity.trace_id.clone(),
+            span_id: req.span_id.clone(),
             parent_id: identity.parent_id.clone(),
-            start_time: epoch_seconds(self.clock.epoch_seconds(x.start_ns)),
-            end_time: epoch_seconds(self.clock.epoch_seconds(x.end_ns)),
-            kind: None,
-            namespace: None,
-            origin: None,
-            http: Some(Http {
-                request: HttpRequest {
-                    method: bounded(&x.request.method),
-                    url: bounded(&request_url(&x.request, x.role, &e.conn)),
-                    user_agent: x.request.user_agent.as_deref().map(bounded),
-                    client_ip,
-                    x_forwarded_for: from_xff,
-                    traced: false,
-                },
-                response: response(e),
-            }),
-            error,
-            throttle,
-            fault,
-            annotations: identity
-                .annotations
-                .iter()
-                .map(|(k, v)| (annotation_key(k), v.clone()))
-                .chain(ended_at_stop(x))
-                .collect(),
-            aws: Some(xray_block()),
-            subsegments: vec![],
-            pid: req.start.pid,
+            start_ns: self.epoch_ns(x.start_ns),
+            end_ns: self.epoch_ns(x.end_ns),
+            http: HttpSpan {
+                method: x.request.method.clone(),
+                url: request_url(&x.request, x.role, &e.conn),
+                host: host_of(x.request.host.as_deref(), e.conn.local),
+                user_agent: x.request.user_agent.clone(),
+                client_ip,
+                client_ip_forwarded: forwarded,
+                status: x.response.as_ref().map(|r| r.status),
+                response_bytes: response_bytes(e),
+            },
             port: e.conn.local.map_or(0, |a| a.port()),
-            root: Some(identity.root.clone()),
+            callee_traced: false,
+            notes,
         }
     }
 
-    /// An outbound call as a `remote` subsegment named after the host it called.
-    fn subsegment(&self, key: Key) -> Option<Segment> {
+    /// An outbound call, named after the host it called.
+    fn client_span(&self, trace_id: &str, key: Key) -> Option<Span> {
         let req = self.reqs.get(&key)?;
         let e = req.exchange.as_ref()?;
         let x = &e.exchange;
-        let url = request_url(&x.request, x.role, &e.conn);
-        let host = x
-            .request
-            .host
-            .clone()
-            .or_else(|| e.conn.remote.map(|a| a.to_string()))
-            .unwrap_or_default();
-        let host = host
-            .rsplit_once(':')
-            .map_or(host.as_str(), |(h, _)| h)
-            .to_owned();
-        let (error, throttle, fault) = status_flags(x.response.as_ref().map(|r| r.status));
-        Some(Segment {
-            name: sanitize_name(&host),
-            id: req.span_id.clone(),
-            trace_id: None,
+        Some(Span {
+            kind: SpanKind::Client,
+            trace_id: trace_id.to_owned(),
+            span_id: req.span_id.clone(),
             parent_id: None,
-            start_time: epoch_seconds(self.clock.epoch_seconds(x.start_ns)),
-            end_time: epoch_seconds(self.clock.epoch_seconds(x.end_ns)),
-            kind: None,
-            namespace: Some("remote"),
-            origin: None,
-            http: Some(Http {
-                request: HttpRequest {
-                    method: bounded(&x.request.method),
-                    url: bounded(&url),
-                    user_agent: None,
-                    client_ip: None,
-                    x_forwarded_for: false,
-                    traced: req.linked,
-                },
-                response: response(e),
-            }),
-            error,
-            throttle,
-            fault,
-            annotations: ended_at_stop(x).collect(),
-            aws: None,
-            subsegments: vec![],
-            pid: req.start.pid,
+            start_ns: self.epoch_ns(x.start_ns),
+            end_ns: self.epoch_ns(x.end_ns),
+            http: HttpSpan {
+                method: x.request.method.clone(),
+                url: request_url(&x.request, x.role, &e.conn),
+                host: host_of(x.request.host.as_deref(), e.conn.remote),
+                user_agent: x.request.user_agent.clone(),
+                client_ip: None,
+                client_ip_forwarded: false,
+                status: x.response.as_ref().map(|r| r.status),
+                response_bytes: response_bytes(e),
+            },
             port: e.conn.remote.map_or(0, |a| a.port()),
-            root: None,
+            callee_traced: req.linked,
+            notes: ended_at_stop(x).collect(),
         })
     }
 
@@ -662,6 +603,10 @@ impl<P: ProcessInfo> TraceAssembler<P> {
 
     fn epoch_secs(&self, ktime_ns: u64) -> u64 {
         self.clock.epoch_seconds(ktime_ns).max(0.0) as u64
+    }
+
+    fn epoch_ns(&self, ktime_ns: u64) -> u64 {
+        self.clock.epoch_ns(ktime_ns)
     }
 
     /// Forgets emitted requests that ended more than `keep` ago.
@@ -754,39 +699,28 @@ fn incoming_trace_id(start: &RequestStart, now_secs: u64) -> Option<String> {
     .trace_id
 }
 
-fn response(e: &ConnExchange) -> Option<HttpResponse> {
+/// The response body's length, when there was a response.
+fn response_bytes(e: &ConnExchange) -> Option<u64> {
     let r = e.exchange.response.as_ref()?;
-    Some(HttpResponse {
-        status: r.status,
-        content_length: Some(r.content_length.unwrap_or(e.exchange.response_body_bytes)),
-    })
+    Some(r.content_length.unwrap_or(e.exchange.response_body_bytes))
 }
 
-/// error for 4xx, throttle (and error) for 429, fault for 5xx.
-fn status_flags(status: Option<u16>) -> (bool, bool, bool) {
-    match status {
-        Some(429) => (true, true, false),
-        Some(s) if (400..500).contains(&s) => (true, false, false),
-        Some(s) if (500..600).contains(&s) => (false, false, true),
-        _ => (false, false, false),
-    }
+/// The `Host` header, else the address, without the port.
+fn host_of(header: Option<&str>, addr: Option<SocketAddr>) -> String {
+    let host = header
+        .map(str::to_owned)
+        .or_else(|| addr.map(|a| a.to_string()))
+        .unwrap_or_default();
+    host.rsplit_once(':')
+        .map_or(host.as_str(), |(h, _)| h)
+        .to_owned()
 }
 
 /// What sampling decides on for a trace rooted at this request.
-fn root_request(start: &RequestStart, conn: &ConnMeta, forced: Option<bool>) -> Arc<RootRequest> {
-    let host = start
-        .request
-        .host
-        .clone()
-        .or_else(|| conn.local.map(|a| a.to_string()))
-        .unwrap_or_default();
-    let host = host
-        .rsplit_once(':')
-        .map_or(host.as_str(), |(h, _)| h)
-        .to_owned();
-    Arc::new(RootRequest {
+fn root_request(start: &RequestStart, conn: &ConnMeta, forced: Option<bool>) -> Arc<TraceRoot> {
+    Arc::new(TraceRoot {
         pid: start.pid,
-        host,
+        host: host_of(start.request.host.as_deref(), conn.local),
         method: start.request.method.clone(),
         path: start
             .request
@@ -800,26 +734,14 @@ fn root_request(start: &RequestStart, conn: &ConnMeta, forced: Option<bool>) -> 
 }
 
 /// Exchanges still open when the collector stopped end at the stop time, and say so.
-fn ended_at_stop(
-    x: &crate::http::exchange::Exchange,
-) -> impl Iterator<Item = (String, serde_json::Value)> {
+fn ended_at_stop(x: &crate::http::exchange::Exchange) -> impl Iterator<Item = Note> {
     x.flags
         .ended_at_stop
-        .then(|| ("ended_at_collector_stop".to_owned(), true.into()))
+        .then_some(Note::EndedAtStop)
         .into_iter()
 }
 
-/// Says who made the segment, as the SDKs do.
-fn xray_block() -> AwsBlock {
-    AwsBlock {
-        xray: Some(XrayBlock {
-            sdk: "ebpf-collector",
-            sdk_version: env!("CARGO_PKG_VERSION"),
-            auto_instrumentation: true,
-        }),
-        ..AwsBlock::default()
-    }
-}
-
+#[cfg(test)]
+pub mod fixtures;
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,11 @@
-//! Stage 4, traces: HTTP exchanges become linked X-Ray segment documents.
+//! Stage 4, traces: HTTP exchanges become linked spans (`span.rs`), in groups that leave
+//! together.
 
 pub mod assembler;
-pub mod document;
 pub mod header;
 pub mod ids;
 pub mod process;
+pub mod span;
 
 pub use assembler::{TraceAssembler, TraceConfig, TraceStats};
-pub use document::Segment;
+pub use span::{Span, SpanGroup, SpanKind};

@@ -48,9 +48,11 @@ fn a_pod_is_reduced_to_what_segments_use() {
             app_name_label: None,
             excluded: false,
             ips: vec![],
-            labels: [("pod-template-hash", "7d4b9c8f6d"), ("team", "payments")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into(),
+            labels: std::sync::Arc::new(
+                [("pod-template-hash", "7d4b9c8f6d"), ("team", "payments")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+            ),
             workload: Some(("Deployment".into(), "checkout".into())),
             containers: vec![
                 (

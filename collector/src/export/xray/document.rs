@@ -8,8 +8,6 @@ use serde::Serialize;
 
 /// A document may be at most 64 kB.
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
-/// Names: at most 200 characters.
-pub const MAX_NAME_CHARS: usize = 200;
 /// Other strings: at most 250 characters.
 pub const MAX_STRING_CHARS: usize = 250;
 
@@ -45,15 +43,6 @@ pub struct Segment {
     pub aws: Option<AwsBlock>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsegments: Vec<Segment>,
-    /// The process that served or made the request (for enrichment; never exported).
-    #[serde(skip)]
-    pub pid: u32,
-    /// The port served (segments) or called (subsegments), for filters; never exported.
-    #[serde(skip)]
-    pub port: u16,
-    /// The root request of the trace, for sampling; never exported.
-    #[serde(skip)]
-    pub root: Option<std::sync::Arc<crate::sampling::RootRequest>>,
 }
 
 /// The `aws` block: who made the segment (as the SDKs say it), and where it ran.
@@ -125,22 +114,6 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// A service name X-Ray accepts: Unicode letters, digits, whitespace and `_ . : / % & # = + \ - @`,
-/// at most 200 characters; never empty.
-pub fn sanitize_name(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .filter(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/%&#=+\\-@".contains(*c))
-        .take(MAX_NAME_CHARS)
-        .collect();
-    let clean = clean.trim();
-    if clean.is_empty() {
-        "unknown".to_owned()
-    } else {
-        clean.to_owned()
-    }
-}
-
 /// At most 250 characters.
 pub fn bounded(s: &str) -> String {
     s.chars().take(MAX_STRING_CHARS).collect()
@@ -186,7 +159,10 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::ids::{is_span_id, is_trace_id, new_span_id, new_trace_id};
+    use crate::trace::{
+        ids::{is_span_id, is_trace_id, new_span_id, new_trace_id},
+        span::{MAX_NAME_CHARS, sanitize_name},
+    };
 
     fn segment(subsegments: usize) -> Segment {
         Segment {
@@ -218,9 +194,6 @@ mod tests {
             fault: false,
             annotations: BTreeMap::new(),
             aws: None,
-            pid: 0,
-            port: 0,
-            root: None,
             subsegments: (0..subsegments)
                 .map(|_| Segment {
                     name: "b".into(),

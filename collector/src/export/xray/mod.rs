@@ -21,6 +21,9 @@ use anyhow::Context as _;
 use aws_sdk_xray::{error::SdkError, operation::put_trace_segments::PutTraceSegmentsError};
 use tokio::sync::Notify;
 
+pub mod document;
+pub mod segments;
+
 /// X-Ray accepts at most 50 documents per call.
 pub const MAX_BATCH: usize = 50;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -122,11 +125,19 @@ impl XrayQueue {
     }
 }
 
-impl super::SegmentExporter for XrayQueue {
+impl crate::relay::DocumentQueue for XrayQueue {
+    fn push(&self, doc: String) {
+        XrayQueue::push(self, doc);
+    }
+}
+
+impl super::SpanExporter for XrayQueue {
     /// Queues the batch's documents (splitting segments above 64 kB); never waits.
-    fn export(&mut self, batch: &mut Vec<crate::trace::Segment>) -> std::io::Result<()> {
-        for s in batch.drain(..) {
-            s.into_documents().into_iter().for_each(|d| self.push(d));
+    fn export(&mut self, batch: &mut Vec<crate::trace::SpanGroup>) -> std::io::Result<()> {
+        for group in batch.drain(..) {
+            segments::documents(&group)
+                .into_iter()
+                .for_each(|d| self.push(d));
         }
         Ok(())
     }
