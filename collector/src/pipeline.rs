@@ -4,13 +4,13 @@
 use std::io::Write;
 
 use crate::{
-    enrich::{EnrichStats, Enricher, ProcCgroups},
+    enrich::{Enricher, ProcCgroups},
     export::{OutputFormat, SpanExporter, events::EventPrinter, exchanges::ExchangePrinter},
-    filter::{FilterStats, Selection},
-    http::{HttpOut, HttpTracker, TrackerLimits, TrackerStats},
-    sampling::{Sampler, SamplingStats},
+    filter::Selection,
+    http::{HttpOut, HttpTracker, TrackerLimits},
+    sampling::Sampler,
     source::{clock::Clock, event::KernelEvent},
-    trace::{SpanGroup, TraceAssembler, TraceConfig, TraceStats, process::ProcFs},
+    trace::{SpanGroup, TraceAssembler, TraceConfig, process::ProcFs},
 };
 
 #[expect(clippy::large_enum_variant, reason = "one per collector")]
@@ -171,26 +171,34 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    pub fn http_stats(&self) -> Option<TrackerStats> {
-        match self {
-            Self::Events(_) => None,
-            Self::Exchanges { tracker, .. } | Self::Traces { tracker, .. } => Some(tracker.stats()),
-        }
+    /// Whether span groups are enriched (trace exporters).
+    pub fn enriches(&self) -> bool {
+        matches!(self, Self::Traces { .. })
     }
 
-    pub fn trace_stats(&self) -> Option<TraceStats> {
+    /// Every stage's counters, in the data's order (stages the pipeline does not run have
+    /// none).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
         match self {
-            Self::Traces { assembler, .. } => Some(assembler.stats),
-            _ => None,
-        }
-    }
-
-    pub fn sampling_stats(&self) -> Option<SamplingStats> {
-        match self {
+            Self::Events(_) => vec![],
+            Self::Exchanges { tracker, .. } => tracker.stats().pairs(),
             Self::Traces {
-                sampler: Some(s), ..
-            } => Some(s.stats()),
-            _ => None,
+                tracker,
+                assembler,
+                enricher,
+                selection,
+                sampler,
+                ..
+            } => {
+                let mut out = tracker.stats().pairs();
+                out.extend(assembler.stats.pairs());
+                out.extend(enricher.stats.pairs());
+                out.extend(selection.stats.pairs());
+                if let Some(s) = sampler {
+                    out.extend(s.stats().pairs());
+                }
+                out
+            }
         }
     }
 
@@ -221,20 +229,6 @@ impl<W: Write> Pipeline<W> {
                 assembler.remembered(),
                 enricher.cached_pids(),
             ),
-        }
-    }
-
-    pub fn filter_stats(&self) -> Option<FilterStats> {
-        match self {
-            Self::Traces { selection, .. } => Some(selection.stats),
-            _ => None,
-        }
-    }
-
-    pub fn enrich_stats(&self) -> Option<EnrichStats> {
-        match self {
-            Self::Traces { enricher, .. } => Some(enricher.stats),
-            _ => None,
         }
     }
 }

@@ -291,12 +291,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("writing to stdout")?;
     if let Some((queue, task)) = &mut xray {
         // Deliver what is queued, within the deadline.
-        queue.close();
+        queue.0.close();
         let deadline = Duration::from_secs(args.shutdown_timeout_secs);
         if tokio::time::timeout(deadline, task).await.is_err() {
             tracing::warn!(
                 "{} segment documents not delivered within {deadline:?}",
-                queue.len()
+                queue.0.len()
             );
         }
     }
@@ -313,7 +313,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         relay: relay_stats.as_deref(),
     });
     if let Some((queue, _)) = &xray {
-        pairs.push(("xray_undelivered_at_exit".into(), queue.len() as u64));
+        pairs.push(("xray_undelivered_at_exit".into(), queue.0.len() as u64));
     }
     status.publish(pairs.clone());
     tracing::info!("stopped; summary: {}", counters::line(&pairs));

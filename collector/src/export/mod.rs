@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod exchanges;
+pub mod queue;
 pub mod traces;
 pub mod xray;
 

@@ -9,6 +9,7 @@ use super::{
     head::{BodyFraming, RequestHead, ResponseHead, StreamStart, classify_start},
     message::{EndKind, Framing, Head, MessageEvent, MessageParser, Point, Side},
 };
+use crate::counters::counters;
 use crate::{
     source::event::{Direction, Role},
     stream::{Chunk, StreamItem},
@@ -60,14 +61,15 @@ pub struct ExchangeFlags {
     pub ended_at_stop: bool,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PairingStats {
-    /// Messages that could not be framed (malformed, gaps, truncated heads).
-    pub lost_messages: u64,
-    /// Responses with no request to pair with (their requests were lost).
-    pub unmatched_responses: u64,
-    /// Requests dropped because too many were in flight on one connection.
-    pub in_flight_overflow: u64,
+counters! {
+    pub struct PairingStats("http") {
+        /// Messages that could not be framed (malformed, gaps, truncated heads).
+        pub lost_messages,
+        /// Responses with no request to pair with (their requests were lost).
+        pub unmatched_responses,
+        /// Requests dropped because too many were in flight on one connection.
+        pub in_flight_overflow,
+    }
 }
 
 /// A request whose head was just read (server) or written (client): what is in flight.

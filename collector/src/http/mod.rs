@@ -11,6 +11,7 @@ use std::{collections::HashMap, net::SocketAddr};
 
 pub use exchange::{Exchange, ExchangeFlags, HttpEvent, RequestStart};
 
+use crate::counters::counters;
 use crate::{
     source::event::{ConnRecord, DataRecord, Direction, KernelEvent, Role},
     stream::{Chunk, DirectionStream, StreamItem, StreamStats},
@@ -106,23 +107,26 @@ impl Default for TrackerLimits {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TrackerStats {
-    pub exchanges: u64,
-    /// Exchanges whose request head was longer than the captured bytes.
-    pub exchanges_truncated: u64,
-    /// Exchanges whose response was cut short or never came.
-    pub exchanges_incomplete: u64,
-    pub conns_opened: u64,
-    pub conns_closed: u64,
-    pub conns_expired: u64,
-    /// Connections dropped to stay within `max_conns`.
-    pub conns_evicted: u64,
-    /// Data for a connection that was never opened (or already forgotten).
-    pub data_without_conn: u64,
-    pub not_http_conns: u64,
-    pub stream: StreamStats,
-    pub pairing: PairingStats,
+counters! {
+    pub struct TrackerStats("http") {
+        pub exchanges,
+        /// Exchanges whose request head was longer than the captured bytes.
+        pub exchanges_truncated,
+        /// Exchanges whose response was cut short or never came.
+        pub exchanges_incomplete,
+        pub conns_opened,
+        pub conns_closed,
+        pub conns_expired,
+        /// Connections dropped to stay within `max_conns`.
+        pub conns_evicted,
+        /// Data for a connection that was never opened (or already forgotten).
+        pub data_without_conn,
+        pub not_http_conns,
+    }
+    with {
+        pub stream: StreamStats,
+        pub pairing: PairingStats,
+    }
 }
 
 struct Conn {

@@ -6,22 +6,22 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use aws_credential_types::provider::{ProvideCredentials as _, SharedCredentialsProvider};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
 
-use crate::logging::Throttle;
+use crate::{
+    aws::{HyperClient, hyper_client, sign},
+    logging::Throttle,
+};
 
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct Upstream {
     /// `https://xray.<region>.amazonaws.com`, or `--endpoint-url`.
@@ -36,13 +36,7 @@ pub async fn start(bind: SocketAddr, upstream: Upstream) -> anyhow::Result<Socke
         .await
         .with_context(|| format!("--bind-tcp {bind}: cannot listen for sampling requests"))?;
     let local = listener.local_addr()?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .context("loading the system's CA certificates")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: HttpsClient = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+    let client = hyper_client()?;
     let shared = Arc::new((upstream, client));
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
@@ -79,7 +73,7 @@ pub async fn start(bind: SocketAddr, upstream: Upstream) -> anyhow::Result<Socke
 async fn serve(
     mut stream: TcpStream,
     upstream: &Upstream,
-    client: &HttpsClient,
+    client: &HyperClient,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -158,48 +152,25 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<
 
 async fn forward(
     upstream: &Upstream,
-    client: &HttpsClient,
+    client: &HyperClient,
     method: &str,
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<(u16, String, Bytes)> {
     let uri = format!("{}{path}", upstream.endpoint.trim_end_matches('/'));
-    let credentials = upstream
-        .credentials
-        .provide_credentials()
-        .await
-        .context("no AWS credentials to sign with")?;
-    let identity = credentials.into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&upstream.region)
-        .name("xray")
-        .time(std::time::SystemTime::now())
-        .settings(aws_sigv4::http_request::SigningSettings::default())
-        .build()?
-        .into();
     let mut request = http::Request::builder()
         .method(method)
         .uri(&uri)
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))?;
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    request.headers_mut().insert("host", host.parse()?);
-    let signable = aws_sigv4::http_request::SignableRequest::new(
-        method,
-        &uri,
-        request
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
-        aws_sigv4::http_request::SignableBody::Bytes(&body),
-    )?;
-    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)?.into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+    sign(
+        &mut request,
+        &body,
+        "xray",
+        &upstream.region,
+        &upstream.credentials,
+    )
+    .await?;
     let response = tokio::time::timeout(IO_TIMEOUT, client.request(request))
         .await
         .context("X-Ray did not answer within 10 s")??;

@@ -15,19 +15,21 @@ use std::{
 
 use rules::{Quota, Request, Rule, RuleState};
 
+use crate::counters::counters;
 use crate::trace::span::{SpanGroup, TraceRoot};
 
 /// The rules in priority order, shared with the poller that refreshes them.
 pub type SharedRules = Arc<Mutex<Vec<RuleState>>>;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SamplingStats {
-    pub traces_sampled: u64,
-    pub traces_not_sampled: u64,
-    pub traces_forced: u64,
-    pub segments_dropped: u64,
-    /// Rules in effect that came from X-Ray (a level: 0 until the first GetSamplingRules).
-    pub rules_from_xray: u64,
+counters! {
+    pub struct SamplingStats("sampling") {
+        pub traces_sampled,
+        pub traces_not_sampled,
+        pub traces_forced,
+        pub segments_dropped,
+        /// Rules in effect that came from X-Ray (a level: 0 until the first GetSamplingRules).
+        pub rules_from_xray,
+    }
 }
 
 /// Decisions remembered at once (traces whose segments may still come).

@@ -14,6 +14,7 @@ use collector_common::TAIL_BYTES;
 use super::event::{
     CallRecord, ConnRecord, DataRecord, Direction, KernelEvent, PacketRecord, Record,
 };
+use crate::counters::counters;
 
 #[derive(Clone, Copy, Debug)]
 pub struct JoinLimits {
@@ -40,24 +41,25 @@ impl Default for JoinLimits {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct JoinStats {
-    pub calls: u64,
-    pub packets: u64,
-    /// Calls emitted without (all of) their wanted payload: packets never seen in time.
-    pub calls_missing_payload: u64,
-    /// Packets or calls of connections never opened (or already closed).
-    pub unknown_conn: u64,
-    /// Packets dropped to stay within the per-direction bound, or already consumed.
-    pub packets_dropped: u64,
-    pub duplicate_packets: u64,
-    /// recv calls that also consumed the FIN (their sequence range is one past the data).
-    pub fin_adjusted: u64,
-    /// Calls the kernel's record of was lost (a missed return probe, a full ring buffer),
-    /// rebuilt from the packets that carried their bytes: before a later call on the same
-    /// direction, or, for sends, at the close.
-    pub calls_from_packets: u64,
-    pub conns_evicted: u64,
+counters! {
+    pub struct JoinStats("join") {
+        pub calls,
+        pub packets,
+        /// Calls emitted without (all of) their wanted payload: packets never seen in time.
+        pub calls_missing_payload,
+        /// Packets or calls of connections never opened (or already closed).
+        pub unknown_conn,
+        /// Packets dropped to stay within the per-direction bound, or already consumed.
+        pub packets_dropped,
+        pub duplicate_packets,
+        /// recv calls that also consumed the FIN (their sequence range is one past the data).
+        pub fin_adjusted,
+        /// Calls the kernel's record of was lost (a missed return probe, a full ring buffer),
+        /// rebuilt from the packets that carried their bytes: before a later call on the same
+        /// direction, or, for sends, at the close.
+        pub calls_from_packets,
+        pub conns_evicted,
+    }
 }
 
 #[derive(Debug)]

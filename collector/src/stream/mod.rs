@@ -5,6 +5,7 @@
 //! window, and a hole that does not fill becomes an explicit [`StreamItem::Gap`] — never
 //! silently glued over.
 
+use crate::counters::counters;
 use std::collections::BTreeMap;
 
 /// Out-of-order chunks held per direction before the hole in front of them is declared a gap.
@@ -58,14 +59,15 @@ pub enum StreamItem {
     },
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamStats {
-    /// Chunks entirely made of bytes already delivered.
-    pub duplicate_chunks: u64,
-    /// Bytes trimmed from chunks that overlapped delivered bytes.
-    pub overlap_bytes: u64,
-    pub gaps: u64,
-    pub gap_bytes: u64,
+counters! {
+    pub struct StreamStats("stream") {
+        /// Chunks entirely made of bytes already delivered.
+        pub duplicate_chunks,
+        /// Bytes trimmed from chunks that overlapped delivered bytes.
+        pub overlap_bytes,
+        pub gaps,
+        pub gap_bytes,
+    }
 }
 
 /// One direction of one connection. Both capture paths count offsets from the first byte

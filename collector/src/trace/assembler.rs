@@ -26,6 +26,7 @@ use super::{
     process::ProcessInfo,
     span::{HttpSpan, Note, Resource, Span, SpanGroup, SpanKind, TraceRoot, sanitize_name},
 };
+use crate::counters::counters;
 use crate::{
     http::{ConnExchange, ConnMeta, HttpOut, RequestStart, request_url},
     source::{clock::Clock, event::Role},
@@ -54,26 +55,27 @@ impl Default for TraceConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TraceStats {
-    /// Server spans (each with the calls nested in it).
-    pub segments: u64,
-    /// Calls nested in the request that made them.
-    pub subsegments_nested: u64,
-    /// Calls sent on their own: their request's group had already left.
-    pub subsegments_independent: u64,
-    /// Outbound calls with no inbound request in flight: the root of their trace.
-    pub client_segments: u64,
-    pub linked_same_node: u64,
-    pub linked_by_header: u64,
-    pub parented_by_thread: u64,
-    pub parented_by_forwarded_header: u64,
-    /// Outbound calls left unparented: several inbound requests in flight on the thread.
-    pub unparented_ambiguous: u64,
-    /// Outbound calls left unparented: the runtime moves work between threads.
-    pub unparented_thread_hopping: u64,
-    pub not_sampled: u64,
-    pub forgotten: u64,
+counters! {
+    pub struct TraceStats("trace") {
+        /// Server spans (each with the calls nested in it).
+        pub segments,
+        /// Calls nested in the request that made them.
+        pub subsegments_nested,
+        /// Calls sent on their own: their request's group had already left.
+        pub subsegments_independent,
+        /// Outbound calls with no inbound request in flight: the root of their trace.
+        pub client_segments,
+        pub linked_same_node,
+        pub linked_by_header,
+        pub parented_by_thread,
+        pub parented_by_forwarded_header,
+        /// Outbound calls left unparented: several inbound requests in flight on the thread.
+        pub unparented_ambiguous,
+        /// Outbound calls left unparented: the runtime moves work between threads.
+        pub unparented_thread_hopping,
+        pub not_sampled,
+        pub forgotten,
+    }
 }
 
 /// (connection id, request index on it).
