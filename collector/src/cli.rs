@@ -3,7 +3,10 @@
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::logging::LogFormat;
-use crate::{export::OutputFormat, source::kernel::CapturePath};
+use crate::{
+    export::{OutputFormat, otlp::settings},
+    source::kernel::CapturePath,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,10 +40,30 @@ pub enum ExporterKind {
     Stdout,
     /// PutTraceSegments to AWS X-Ray (credentials and region from the default AWS chain).
     Xray,
+    /// OTLP/HTTP protobuf to any OpenTelemetry backend (`--otlp-endpoint`).
+    Otlp,
+    /// OTLP to X-Ray's OTLP endpoint, SigV4-signed (accounts with Transaction Search on);
+    /// X-Ray SDK documents still go to PutTraceSegments.
+    XrayOtlp,
+    /// `xray-otlp` or `xray`, as X-Ray's GetTraceSegmentDestination says (asked at start and
+    /// every 10 minutes): for the DaemonSet.
+    Auto,
     /// One line per HTTP exchange: role, process, method, URL, status, duration, sizes.
     Exchanges,
     /// One line per kernel event (connection opened/closed, bytes moved): a debug view.
     Events,
+}
+
+impl ExporterKind {
+    /// Builds traces (span groups), and so enriches, samples and relays SDK documents.
+    pub fn traces(self) -> bool {
+        !matches!(self, Self::Events | Self::Exchanges)
+    }
+
+    /// Sends to X-Ray (and so needs AWS settings).
+    pub fn to_xray(self) -> bool {
+        matches!(self, Self::Xray | Self::XrayOtlp | Self::Auto)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +134,47 @@ pub struct RunArgs {
     #[arg(long, env = "COLLECTOR_XRAY_QUEUE_SIZE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(50..=1_000_000))]
     pub xray_queue_size: u64,
+
+    /// OTLP endpoint of the `otlp` exporter (or of `xray-otlp`, instead of the region's): the
+    /// full URL, `/v1/traces` added when it has no path (default
+    /// http://localhost:4318/v1/traces, or OTEL_EXPORTER_OTLP_ENDPOINT's `/v1/traces`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_parser = settings::parse_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+
+    /// Base URL of the OTLP endpoint (`/v1/traces` is added), as the OpenTelemetry SDKs read
+    /// OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = settings::parse_base_endpoint)]
+    pub otlp_base_endpoint: Option<http::Uri>,
+
+    /// Headers of every OTLP request: `key=value,key2=value2`, values percent-encoded (API
+    /// keys: their values are never printed).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_parser = settings::parse_headers)]
+    pub otlp_headers: Option<settings::Headers>,
+
+    /// How long one OTLP request may take, in milliseconds.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub otlp_timeout_ms: u64,
+
+    /// Compression of OTLP request bodies.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_COMPRESSION",
+        value_enum,
+        default_value = "gzip"
+    )]
+    pub otlp_compression: settings::Compression,
+
+    /// The OTLP protocol: only `http/protobuf` is spoken (a gRPC setting is refused rather
+    /// than sent to the wrong port).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf",
+          value_parser = settings::parse_protocol)]
+    pub otlp_protocol: String,
+
+    /// Span groups held for an OTLP endpoint at most; beyond, the oldest are dropped (counted).
+    #[arg(long, env = "COLLECTOR_OTLP_QUEUE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub otlp_queue_size: u64,
 
     /// How long after an exchange ends its segment is built (links arriving in that time
     /// are made), in milliseconds.
@@ -288,6 +352,31 @@ mod tests {
         assert_eq!(args.exporter, ExporterKind::Stdout);
         assert_eq!(args.capture_path, CapturePath::Auto);
         assert_eq!(args.capture_bytes, collector_common::DEFAULT_CAPTURE_BYTES);
+    }
+
+    #[test]
+    fn bad_otlp_settings_are_rejected_naming_the_setting() {
+        for (flag, value, named) in [
+            (
+                "--otlp-endpoint",
+                "collector:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+            ("--otlp-headers", "no-equals", "OTEL_EXPORTER_OTLP_HEADERS"),
+            ("--otlp-timeout-ms", "0", "--otlp-timeout-ms"),
+            ("--otlp-compression", "zstd", "--otlp-compression"),
+            ("--otlp-protocol", "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ] {
+            let err = Cli::try_parse_from(["collector", "run", flag, value]).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains(named), "{flag}: {err}");
+        }
+        let ok = Cli::try_parse_from(["collector", "run", "--exporter", "xray-otlp"]).unwrap();
+        let Command::Run(args) = ok.command else {
+            panic!()
+        };
+        assert!(args.exporter.to_xray() && args.exporter.traces());
+        assert_eq!(args.otlp_compression, settings::Compression::Gzip);
     }
 
     #[test]

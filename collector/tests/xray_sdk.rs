@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     net::UdpSocket,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,23 +18,6 @@ const FAKE_CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_SECRET_ACCESS_KEY", "test"),
 ];
 const SAMPLE_ALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/sample_all.json");
-
-fn app(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/apps")
-        .join(name)
-}
-
-fn spawn_python(python: &std::path::Path, script: &str, args: &[String]) -> KillOnDrop {
-    let child = Command::new(python)
-        .arg(app(script))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    KillOnDrop(child)
-}
 
 /// A real SDK app's segments reach X-Ray unchanged through the collector; the eBPF-traced
 /// service it calls joins its trace as the child of its subsegment; and the SDK app's own
@@ -82,7 +65,7 @@ fn sdk_segments_are_relayed_unchanged_and_ebpf_services_join_their_trace() {
     let sent_log = www.0.join("sent.jsonl");
     let app_port = free_port();
     let _app = spawn_python(
-        &venv.join("bin/python"),
+        &venv,
         "sdk_app.py",
         &[
             app_port.to_string(),
@@ -239,7 +222,7 @@ fn fake_sampling_endpoint(
 ) -> (KillOnDrop, u16) {
     let port = free_port();
     let server = spawn_python(
-        &venv.join("bin/python"),
+        venv,
         "fake_xray_sampling.py",
         &[port.to_string(), rate.into(), reservoir.into()],
     );

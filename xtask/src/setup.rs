@@ -240,6 +240,7 @@ fn bpf_linker_llvm_major() -> Option<u32> {
 
 /// The Python environment of the tests: `moto[server]` (an X-Ray API peer) and boto3, and
 /// `prometheus_client` (whose parser checks our `/metrics`), `aws-xray-sdk` (a real SDK app),
+/// `opentelemetry-proto` (the official OTLP protobuf definitions, for the OTLP receiver),
 /// in a venv outside the work tree so it survives clean clones. Returns the venv directory.
 pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
     let home = std::env::var_os("HOME")
@@ -251,7 +252,8 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
         && Command::new(&python)
             .args([
                 "-c",
-                "import moto, boto3, flask, prometheus_client, aws_xray_sdk",
+                "import moto, boto3, flask, prometheus_client, aws_xray_sdk, \
+                 opentelemetry.proto.collector.trace.v1.trace_service_pb2",
             ])
             .output()
             .is_ok_and(|o| o.status.success())
@@ -264,7 +266,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
         return Ok(venv);
     }
     let by_hand = format!(
-        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]' prometheus_client aws-xray-sdk",
+        "python3 -m venv {0} && {0}/bin/pip install 'moto[server]' prometheus_client aws-xray-sdk opentelemetry-proto",
         venv.display()
     );
     shell::step(
@@ -278,6 +280,7 @@ pub fn test_venv() -> anyhow::Result<std::path::PathBuf> {
                 "moto[server]",
                 "prometheus_client",
                 "aws-xray-sdk",
+                "opentelemetry-proto",
             ]))
             .with_context(|| format!("run by hand: {by_hand}"))
         },

@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 
 use crate::{
     enrich::{SharedMeta, kube_watch::WatchStats},
-    export::xray::XrayQueue,
     guard::Guard,
     pipeline::Pipeline,
     relay::RelayStats,
@@ -19,7 +18,7 @@ pub struct Sources<'a, W: std::io::Write> {
     pub pipeline: &'a Pipeline<W>,
     pub shared: &'a SharedMeta,
     pub kube: Option<&'a WatchStats>,
-    pub xray: Option<&'a XrayQueue>,
+    pub delivery: &'a super::exporters::Delivery,
     pub guard: &'a Guard,
     pub capture_attached: bool,
     /// The capture variant chosen at start (none with `--capture-path off`).
@@ -66,10 +65,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
             &[("sdk_senders", s.shared.sdk_senders.len() as u64)],
         );
     }
-    if let Some(q) = s.xray {
-        pairs.extend(q.0.stats().pairs("xray"));
-        add(&mut pairs, &[("xray_queue_depth", q.0.len() as u64)]);
-    }
+    pairs.extend(s.delivery.pairs());
     // Levels: GAUGES in status/metrics.rs names them.
     let (conns, requests, pids) = s.pipeline.levels();
     add(

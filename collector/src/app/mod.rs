@@ -1,6 +1,7 @@
 //! `collector run`: wires the stages together and owns the main loop and shutdown.
 
 mod counters;
+mod exporters;
 
 use std::{
     io::BufWriter,
@@ -13,10 +14,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     cli::{ExporterKind, RunArgs, SamplingMode},
     enrich::{EnrichConfig, Enricher, ProcCgroups, SharedMeta, ec2, kube_watch},
-    export::{
-        traces::TracePrinter,
-        xray::{self, XrayConfig},
-    },
+    export::xray::{self, XrayConfig},
     filter::{Filters, Selection},
     guard::{Budget, Guard, measure},
     http::TrackerLimits,
@@ -85,10 +83,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hold_ns: args.trace_hold_ms * 1_000_000,
         ..TraceConfig::default()
     };
-    // Pod and node metadata, for the exporters that build segments.
+    // Pod and node metadata, for the exporters that build traces.
     let shared = SharedMeta::default();
     let mut kube_stats = None;
-    if matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+    if args.exporter.traces() {
         kube_stats =
             kube_watch::start(args.kubernetes, args.node_name.clone(), shared.clone()).await;
         ec2::spawn(shared.clone());
@@ -110,9 +108,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         queue_size: args.xray_queue_size as usize,
         latency: Some(status.export_latency().clone()),
     };
-    // AWS settings: required by the xray exporter; elsewhere only when a region is given
-    // (the sampling proxy and centralized sampling need them).
-    let aws = if args.exporter == ExporterKind::Xray {
+    // AWS settings: required by the exporters to X-Ray; elsewhere only when a region is
+    // given (the sampling proxy and centralized sampling need them).
+    let aws = if args.exporter.to_xray() {
         Some(xray::load_aws(&xray_config).await?)
     } else if args.region.is_some() {
         xray::load_aws(&xray_config).await.ok()
@@ -120,14 +118,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
     let sampler = sampler(&args, aws.as_ref(), &xray_config)?;
-    let mut xray = None;
+    let mut delivery = exporters::Delivery::default();
     let mut pipeline = match args.exporter {
         ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
         ExporterKind::Exchanges => {
             Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
         }
-        ExporterKind::Stdout => Pipeline::traces(
-            Box::new(TracePrinter::new(stdout, args.format)),
+        _ => Pipeline::traces(
+            exporters::start(&args, &status, aws.as_ref(), &xray_config, &mut delivery).await?,
             clock,
             TrackerLimits::default(),
             trace_config,
@@ -135,27 +133,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             selection(),
             sampler,
         ),
-        ExporterKind::Xray => {
-            let (queue, task) = xray::start(&xray_config, aws.as_ref().expect("loaded above"));
-            xray = Some((queue.clone(), task));
-            Pipeline::traces(
-                Box::new(queue),
-                clock,
-                TrackerLimits::default(),
-                trace_config,
-                enricher(),
-                selection(),
-                sampler,
-            )
-        }
     };
     // The X-Ray daemon's job: SDK segments on UDP, sampling requests on TCP.
     let (sdk_docs_tx, sdk_docs) = std::sync::mpsc::sync_channel::<String>(SDK_DOCS_WAITING);
     let mut relay_stats = None;
-    if matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+    if args.exporter.traces() {
         let (udp, tcp) = relay_addresses(&args)?;
         if let Some(bind) = udp {
-            let sink = match &xray {
+            let sink = match &delivery.xray {
                 Some((q, _)) => relay::Sink::Queue(std::sync::Arc::new(q.clone())),
                 None => relay::Sink::MainLoop(sdk_docs_tx),
             };
@@ -262,7 +247,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 pipeline: &pipeline,
                 shared: &shared,
                 kube: kube_stats.as_ref(),
-                xray: xray.as_ref().map(|(q, _)| q),
+                delivery: &delivery,
                 guard: &guard,
                 capture_attached: source.is_some(),
                 variant,
@@ -289,32 +274,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .finish(stop_ns)
         .and_then(|()| pipeline.flush())
         .context("writing to stdout")?;
-    if let Some((queue, task)) = &mut xray {
-        // Deliver what is queued, within the deadline.
-        queue.0.close();
-        let deadline = Duration::from_secs(args.shutdown_timeout_secs);
-        if tokio::time::timeout(deadline, task).await.is_err() {
-            tracing::warn!(
-                "{} segment documents not delivered within {deadline:?}",
-                queue.0.len()
-            );
-        }
-    }
+    // Deliver what is queued, within the deadline.
+    delivery
+        .close(Duration::from_secs(args.shutdown_timeout_secs))
+        .await;
     let mut pairs = counters::collect(&counters::Sources {
         kernel: &kernel,
         assembler: &assembler,
         pipeline: &pipeline,
         shared: &shared,
         kube: kube_stats.as_ref(),
-        xray: xray.as_ref().map(|(q, _)| q),
+        delivery: &delivery,
         guard: &guard,
         capture_attached: false,
         variant,
         relay: relay_stats.as_deref(),
     });
-    if let Some((queue, _)) = &xray {
-        pairs.push(("xray_undelivered_at_exit".into(), queue.0.len() as u64));
-    }
+    pairs.extend(delivery.undelivered());
     status.publish(pairs.clone());
     tracing::info!("stopped; summary: {}", counters::line(&pairs));
     Ok(())
@@ -357,9 +333,9 @@ fn sampler(
     let on = match args.sampling {
         SamplingMode::Off => false,
         SamplingMode::On => true,
-        SamplingMode::Auto => args.exporter == ExporterKind::Xray,
+        SamplingMode::Auto => args.exporter.to_xray(),
     };
-    if !on || !matches!(args.exporter, ExporterKind::Stdout | ExporterKind::Xray) {
+    if !on || !args.exporter.traces() {
         return Ok(None);
     }
     if let Some(path) = &args.sampling_rules {

@@ -1,7 +1,9 @@
 //! Last stage: where captured data leaves the collector.
 
+pub mod destination;
 pub mod events;
 pub mod exchanges;
+pub mod otlp;
 pub mod queue;
 pub mod traces;
 pub mod xray;

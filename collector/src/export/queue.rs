@@ -3,8 +3,9 @@
 //! queue that drops its oldest when full; one task sends them in batches — once a batch is
 //! full or the flush interval passed — with at most `concurrency` calls in flight. A failed
 //! attempt the sender calls retryable (throttling, 5xx, timeouts, an endpoint that is down)
-//! is retried with backoff, or after the wait the endpoint asked for — meanwhile the queue
-//! keeps filling, up to its bound. Every item is accounted for: sent, unprocessed (the
+//! is retried with backoff, or after the wait the endpoint asked for; while a batch waits to
+//! be retried no new batch leaves, so the queue (up to its bound) and the batches already in
+//! flight are all that is held. Every item is accounted for: sent, unprocessed (the
 //! endpoint refused it in a successful call), dropped (queue full, or the call failed for
 //! good), or still queued.
 
@@ -115,6 +116,8 @@ struct Shared<T> {
     closed: Notify,
     stats: QueueStats,
     config: QueueConfig,
+    /// Batches waiting out a retry: while any does, no new batch leaves the queue.
+    retrying: AtomicU64,
 }
 
 /// The pipeline's handle: push items, close at shutdown.
@@ -138,8 +141,9 @@ impl<T: Item> Queue<T> {
                 notify: Notify::new(),
                 closed: Notify::new(),
                 stats: QueueStats::default(),
+                retrying: AtomicU64::new(0),
                 config: QueueConfig {
-                    capacity: config.capacity.max(config.max_weight).max(1),
+                    capacity: config.capacity.max(1),
                     ..config
                 },
             }),
@@ -203,20 +207,31 @@ async fn send_loop<T: Item, S: Sender<T>>(sender: Arc<S>, shared: Arc<Shared<T>>
     let mut last_flush = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        let (batch, closed) = {
+        let (batch, closed, held) = {
             let mut q = shared.queue.lock().expect("queue lock");
             let due = last_flush.elapsed() >= interval || q.1;
             let closed = q.1;
-            (next_batch(&mut q.0, due, &shared.config), closed)
+            let held = !closed && shared.retrying.load(Ordering::Relaxed) > 0;
+            let batch = if held {
+                Vec::new()
+            } else {
+                next_batch(&mut q.0, due, &shared.config)
+            };
+            (batch, closed, held)
         };
         if batch.is_empty() {
             if closed {
                 while in_flight.join_next().await.is_some() {}
                 return;
             }
-            let wait = interval
-                .saturating_sub(last_flush.elapsed())
-                .max(Duration::from_millis(10));
+            let wait = if held {
+                // Until the retry ends (or the queue closes): no hurry.
+                Duration::from_millis(100)
+            } else {
+                interval
+                    .saturating_sub(last_flush.elapsed())
+                    .max(Duration::from_millis(10))
+            };
             tokio::select! {
                 () = shared.notify.notified() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -271,11 +286,13 @@ async fn send_batch<T: Item, S: Sender<T>>(
                     "{} failed ({why}); retrying in {wait:?}",
                     sender.call_name()
                 );
+                shared.retrying.fetch_add(1, Ordering::Relaxed);
                 // A stop cuts the wait short: one last attempt, then the queue drains.
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = shared.closed.notified() => {}
                 }
+                shared.retrying.fetch_sub(1, Ordering::Relaxed);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Attempt::Retry { why, .. } | Attempt::Failed { why } => {

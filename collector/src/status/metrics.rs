@@ -20,6 +20,8 @@ use super::Status;
 const GAUGES: &[&str] = &[
     "kube_pods_cached",
     "xray_queue_depth",
+    "otlp_queue_depth",
+    "export_xray_otlp",
     "sampling_rules_from_xray",
     "trace_requests_remembered",
     "enrich_pids_cached",

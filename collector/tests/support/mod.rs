@@ -648,6 +648,28 @@ pub fn test_venv() -> Option<std::path::PathBuf> {
     }
 }
 
+/// A script of tests/apps run by the test venv's Python, its output discarded.
+pub fn spawn_python(venv: &Path, script: &str, args: &[String]) -> KillOnDrop {
+    spawn_python_with_env(venv, script, args, &[])
+}
+
+pub fn spawn_python_with_env(
+    venv: &Path,
+    script: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> KillOnDrop {
+    let child = Command::new(venv.join("bin/python"))
+        .arg(apps_dir().join(script))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    KillOnDrop(child)
+}
+
 /// A moto X-Ray API on 127.0.0.1:port.
 pub fn start_moto(venv: &Path, port: u16) -> KillOnDrop {
     let child = Command::new(venv.join("bin/moto_server"))
