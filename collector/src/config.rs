@@ -180,9 +180,24 @@ fn effective(
                 _ => "unset",
             };
             let name = a.get_long().unwrap_or(id).to_owned();
-            (name, value, source)
+            (name.clone(), hide_secrets(&name, value), source)
         })
         .collect()
+}
+
+/// Header values are credentials (API keys, tokens): only their names are printed.
+fn hide_secrets(name: &str, value: String) -> String {
+    if name != "otlp-headers" || value.is_empty() {
+        return value;
+    }
+    value
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) => format!("{}=(hidden)", k.trim()),
+            None => "(hidden)".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `key: value  # source` lines.

@@ -6,7 +6,12 @@
 
 use std::{collections::BTreeMap, str::FromStr};
 
-use crate::{counters::counters, enrich::sdk_senders::SdkSenders, http::HttpOut, trace::SpanGroup};
+use crate::{
+    counters::counters,
+    enrich::sdk_senders::SdkSenders,
+    http::HttpOut,
+    trace::{SpanGroup, span::GroupStage},
+};
 
 /// A Kubernetes label selector: comma-separated requirements `k=v`, `k==v`, `k!=v`, `k`,
 /// `!k`, `k in (a,b)`, `k notin (a,b)` (the syntax of `kubectl -l`).
@@ -169,10 +174,47 @@ impl Filters {
 }
 
 counters! {
-    /// What the filters dropped, by reason.
-    pub struct FilterStats("filter") {
-        /// Exchanges: Kubernetes health checks.
+    /// Exchanges dropped as they were parsed.
+    pub struct ProbeStats("filter") {
+        /// Kubernetes health checks.
         pub dropped_kube_probe,
+    }
+}
+
+/// Health checks leave before the trace stage: they would be most of a quiet service's spans.
+pub struct HealthChecks {
+    filters: Filters,
+    pub stats: ProbeStats,
+}
+
+impl HealthChecks {
+    pub fn new(filters: Filters) -> Self {
+        Self {
+            filters,
+            stats: ProbeStats::default(),
+        }
+    }
+
+    /// Whether an exchange of the HTTP stage goes on to the trace stage (health checks do
+    /// not, unless asked for).
+    pub fn keep_exchange(&mut self, event: &HttpOut) -> bool {
+        let request = match event {
+            HttpOut::Started { start, .. } => &start.request,
+            HttpOut::Done(e) => &e.exchange.request,
+        };
+        if self.filters.drops_request(request.user_agent.as_deref()) {
+            if matches!(event, HttpOut::Done(_)) {
+                self.stats.dropped_kube_probe += 1;
+            }
+            return false;
+        }
+        true
+    }
+}
+
+counters! {
+    /// What the filters dropped, by reason (span groups).
+    pub struct FilterStats("filter") {
         pub dropped_port,
         pub dropped_process,
         pub dropped_namespace,
@@ -198,22 +240,6 @@ impl Selection {
             sdk_senders,
             stats: FilterStats::default(),
         }
-    }
-
-    /// Whether an exchange of the HTTP stage goes on to the trace stage (health checks do
-    /// not, unless asked for).
-    pub fn keep_exchange(&mut self, event: &HttpOut) -> bool {
-        let request = match event {
-            HttpOut::Started { start, .. } => &start.request,
-            HttpOut::Done(e) => &e.exchange.request,
-        };
-        if self.filters.drops_request(request.user_agent.as_deref()) {
-            if matches!(event, HttpOut::Done(_)) {
-                self.stats.dropped_kube_probe += 1;
-            }
-            return false;
-        }
-        true
     }
 
     /// Whether an enriched group goes out; calls to excluded ports leave their group.
@@ -254,6 +280,16 @@ impl Selection {
                 .retain(|s| std::mem::take(&mut first) || !ports.contains(&s.port));
         }
         true
+    }
+}
+
+impl GroupStage for Selection {
+    fn process(&mut self, groups: &mut Vec<SpanGroup>, _wall_secs: u64) {
+        groups.retain_mut(|g| self.keep(g));
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.pairs()
     }
 }
 

@@ -4,13 +4,11 @@
 use std::io::Write;
 
 use crate::{
-    enrich::{Enricher, ProcCgroups},
     export::{OutputFormat, SpanExporter, events::EventPrinter, exchanges::ExchangePrinter},
-    filter::Selection,
+    filter::HealthChecks,
     http::{HttpOut, HttpTracker, TrackerLimits},
-    sampling::Sampler,
     source::{clock::Clock, event::KernelEvent},
-    trace::{SpanGroup, TraceAssembler, TraceConfig, process::ProcFs},
+    trace::{SpanGroup, TraceAssembler, TraceConfig, process::ProcFs, span::GroupStage},
 };
 
 #[expect(clippy::large_enum_variant, reason = "one per collector")]
@@ -23,14 +21,14 @@ pub enum Pipeline<W: Write> {
         printer: ExchangePrinter<W>,
         batch: Vec<HttpOut>,
     },
-    /// Events → streams → exchanges → linked spans → pod/node metadata → sampling.
+    /// Events → streams → exchanges → linked spans → the group stages (enrichment, the
+    /// filters, sampling) → the exporter.
     Traces {
         tracker: HttpTracker,
         assembler: TraceAssembler<ProcFs>,
-        enricher: Enricher<ProcCgroups>,
-        selection: Selection,
-        /// Sampling of the traces we make (none: every trace is kept).
-        sampler: Option<Sampler>,
+        /// Drops health checks before the trace stage.
+        health: HealthChecks,
+        stages: Vec<Box<dyn GroupStage>>,
         exporter: Box<dyn SpanExporter>,
         http: Vec<HttpOut>,
         groups: Vec<SpanGroup>,
@@ -50,21 +48,21 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
+    /// `health` drops health checks as they are parsed; `stages` run in order on every batch
+    /// of span groups.
     pub fn traces(
         exporter: Box<dyn SpanExporter>,
         clock: Clock,
         limits: TrackerLimits,
         config: TraceConfig,
-        enricher: Enricher<ProcCgroups>,
-        selection: Selection,
-        sampler: Option<Sampler>,
+        health: HealthChecks,
+        stages: Vec<Box<dyn GroupStage>>,
     ) -> Self {
         Self::Traces {
             tracker: HttpTracker::new(limits),
             assembler: TraceAssembler::new(config, clock, ProcFs::default()),
-            enricher,
-            selection,
-            sampler,
+            health,
+            stages,
             exporter,
             http: Vec::new(),
             groups: Vec::new(),
@@ -85,12 +83,12 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                selection,
+                health,
                 http,
                 ..
             } => {
                 tracker.on_event(event, http);
-                http.retain(|h| selection.keep_exchange(h));
+                http.retain(|h| health.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 Ok(())
             }
@@ -113,19 +111,18 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                enricher,
-                selection,
-                sampler,
+                health,
+                stages,
                 exporter,
                 http,
                 groups,
             } => {
                 tracker.expire(now_ns, http);
-                http.retain(|h| selection.keep_exchange(h));
+                http.retain(|h| health.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.tick(now_ns, groups);
-                enricher.tick(now_ns);
-                finish_groups(enricher, selection, sampler.as_mut(), groups);
+                stages.iter_mut().for_each(|s| s.tick(now_ns));
+                run_stages(stages, groups);
                 exporter.export(groups)
             }
         }
@@ -146,18 +143,17 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                enricher,
-                selection,
-                sampler,
+                health,
+                stages,
                 exporter,
                 http,
                 groups,
             } => {
                 tracker.close_all(stop_ns, http);
-                http.retain(|h| selection.keep_exchange(h));
+                http.retain(|h| health.keep_exchange(h));
                 http.drain(..).for_each(|h| assembler.on_http(h));
                 assembler.finish(groups);
-                finish_groups(enricher, selection, sampler.as_mut(), groups);
+                run_stages(stages, groups);
                 exporter.export(groups)
             }
         }
@@ -185,18 +181,14 @@ impl<W: Write> Pipeline<W> {
             Self::Traces {
                 tracker,
                 assembler,
-                enricher,
-                selection,
-                sampler,
+                health,
+                stages,
                 ..
             } => {
                 let mut out = tracker.stats().pairs();
                 out.extend(assembler.stats.pairs());
-                out.extend(enricher.stats.pairs());
-                out.extend(selection.stats.pairs());
-                if let Some(s) = sampler {
-                    out.extend(s.stats().pairs());
-                }
+                out.extend(health.stats.pairs());
+                stages.iter().for_each(|s| out.extend(s.counters()));
                 out
             }
         }
@@ -213,45 +205,41 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// What the stages hold right now: (connections tracked, requests remembered, pids
-    /// cached); a stage the pipeline does not run holds nothing.
-    pub fn levels(&self) -> (usize, usize, usize) {
+    /// What the stages hold right now (gauges); a stage the pipeline does not run holds
+    /// nothing.
+    pub fn levels(&self) -> Vec<(&'static str, u64)> {
+        let conns = |t: &HttpTracker| ("http_conns_open", t.tracked_conns() as u64);
         match self {
-            Self::Events(_) => (0, 0, 0),
-            Self::Exchanges { tracker, .. } => (tracker.tracked_conns(), 0, 0),
+            Self::Events(_) => vec![],
+            Self::Exchanges { tracker, .. } => vec![conns(tracker)],
             Self::Traces {
                 tracker,
                 assembler,
-                enricher,
+                stages,
                 ..
-            } => (
-                tracker.tracked_conns(),
-                assembler.remembered(),
-                enricher.cached_pids(),
-            ),
+            } => {
+                let mut out = vec![
+                    conns(tracker),
+                    ("trace_requests_remembered", assembler.remembered() as u64),
+                ];
+                stages.iter().for_each(|s| out.extend(s.levels()));
+                out
+            }
         }
     }
 }
 
-/// Enrichment (names, pods), the filters (and SDK duplicates), then sampling, which decides
-/// per trace on the root's service as enrichment named it.
-fn finish_groups(
-    enricher: &mut Enricher<ProcCgroups>,
-    selection: &mut Selection,
-    sampler: Option<&mut Sampler>,
-    groups: &mut Vec<SpanGroup>,
-) {
-    groups.retain_mut(|g| {
-        enricher.enrich(g);
-        selection.keep(g)
-    });
-    let Some(sampler) = sampler else {
+/// Every group stage in order (enrichment, the filters, sampling: `app` builds the list).
+fn run_stages(stages: &mut [Box<dyn GroupStage>], groups: &mut Vec<SpanGroup>) {
+    if groups.is_empty() {
         return;
-    };
-    let now_secs = std::time::SystemTime::now()
+    }
+    let wall_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    groups.retain(|g| sampler.keep_group(g, now_secs));
+    for stage in stages.iter_mut() {
+        stage.process(groups, wall_secs);
+    }
 }
 
 fn export<W: Write>(

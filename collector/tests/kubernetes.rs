@@ -83,7 +83,7 @@ fn manifests_are_valid_and_rbac_only_reads_pods() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        printed.contains("exporter: xray  # config file"),
+        printed.contains("exporter: auto  # config file"),
         "{printed}"
     );
 

@@ -333,6 +333,38 @@ fn auto_picks_put_trace_segments_or_otlp_from_get_trace_segment_destination() {
             std::thread::sleep(Duration::from_millis(200));
         };
         assert_eq!(gauge, if otlp { 1.0 } else { 0.0 }, "{destination}");
+        // `collector doctor` says the same.
+        let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+            .args(["doctor", "--json"])
+            .env("AWS_REGION", "us-east-1")
+            .env("COLLECTOR_XRAY_ENDPOINT_URL", &endpoint)
+            .envs(FAKE_CREDENTIALS)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&doctor.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json: {e}: {}",
+                String::from_utf8_lossy(&doctor.stdout)
+            )
+        });
+        let line = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "trace destination")
+            .unwrap_or_else(|| panic!("{report:#}"));
+        assert!(
+            line["detail"].as_str().unwrap().contains(destination),
+            "{line}"
+        );
+        assert!(
+            line["meaning"].as_str().unwrap().contains(if otlp {
+                "OTLP"
+            } else {
+                "PutTraceSegments"
+            }),
+            "{line}"
+        );
         let www = TempDir::new("auto");
         let port = free_port();
         let _server = python_http_server(&www.0, port);

@@ -67,15 +67,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
     }
     pairs.extend(s.delivery.pairs());
     // Levels: GAUGES in status/metrics.rs names them.
-    let (conns, requests, pids) = s.pipeline.levels();
-    add(
-        &mut pairs,
-        &[
-            ("http_conns_open", conns as u64),
-            ("trace_requests_remembered", requests as u64),
-            ("enrich_pids_cached", pids as u64),
-        ],
-    );
+    add(&mut pairs, &s.pipeline.levels());
     add(
         &mut pairs,
         &[

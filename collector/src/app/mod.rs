@@ -15,7 +15,7 @@ use crate::{
     cli::{ExporterKind, RunArgs, SamplingMode},
     enrich::{EnrichConfig, Enricher, ProcCgroups, SharedMeta, ec2, kube_watch},
     export::xray::{self, XrayConfig},
-    filter::{Filters, Selection},
+    filter::{Filters, HealthChecks, Selection},
     guard::{Budget, Guard, measure},
     http::TrackerLimits,
     pipeline::Pipeline,
@@ -30,7 +30,7 @@ use crate::{
         kernel::{CapturePath, KernelSource, SourceOptions},
     },
     status::{self, Status},
-    trace::TraceConfig,
+    trace::{TraceConfig, span::GroupStage},
 };
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -91,17 +91,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             kube_watch::start(args.kubernetes, args.node_name.clone(), shared.clone()).await;
         ec2::spawn(shared.clone());
     }
-    let enricher = || {
-        Enricher::new(
-            EnrichConfig {
-                cluster_name: args.cluster_name.clone(),
-                node_name: args.node_name.clone(),
-            },
-            shared.clone(),
-            ProcCgroups,
-        )
-    };
-    let selection = || Selection::new(filters(&args), shared.sdk_senders.clone());
+    let enricher = Enricher::new(
+        EnrichConfig {
+            cluster_name: args.cluster_name.clone(),
+            node_name: args.node_name.clone(),
+        },
+        shared.clone(),
+        ProcCgroups,
+    );
     let xray_config = XrayConfig {
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -117,7 +114,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let sampler = sampler(&args, aws.as_ref(), &xray_config)?;
+    // The group stages, in the data's order.
+    let mut stages: Vec<Box<dyn GroupStage>> = vec![
+        Box::new(enricher),
+        Box::new(Selection::new(filters(&args), shared.sdk_senders.clone())),
+    ];
+    if let Some(s) = sampler(&args, aws.as_ref(), &xray_config)? {
+        stages.push(Box::new(s));
+    }
     let mut delivery = exporters::Delivery::default();
     let mut pipeline = match args.exporter {
         ExporterKind::Events => Pipeline::events(stdout, args.format, clock),
@@ -129,9 +133,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             clock,
             TrackerLimits::default(),
             trace_config,
-            enricher(),
-            selection(),
-            sampler,
+            HealthChecks::new(filters(&args)),
+            stages,
         ),
     };
     // The X-Ray daemon's job: SDK segments on UDP, sampling requests on TCP.

@@ -137,3 +137,18 @@ fn an_unreadable_file_is_named() {
         _ => panic!("accepted"),
     }
 }
+
+#[test]
+fn otlp_header_values_are_never_printed() {
+    let parsed = run_with(
+        "otlp-headers: \"x-honeycomb-team=s3cr3t-key,authorization=Bearer%20abc\"\n",
+        &[],
+    )
+    .unwrap_or_else(|_| panic!("parses"));
+    let text = render_effective(&parsed.effective);
+    assert!(
+        text.contains("otlp-headers: x-honeycomb-team=(hidden),authorization=(hidden)"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t") && !text.contains("abc"), "{text}");
+}

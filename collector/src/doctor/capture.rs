@@ -27,7 +27,7 @@ pub fn run(json: bool) -> std::process::ExitCode {
     if json {
         let rows: Vec<serde_json::Value> = checks
             .iter()
-            .map(|c| serde_json::json!({"check": c.what, "ok": c.ok, "detail": c.detail}))
+            .map(|c| serde_json::json!({"check": c.what, "ok": c.ok, "detail": c.detail, "meaning": c.meaning}))
             .collect();
         let capture: serde_json::Map<String, serde_json::Value> = results
             .iter()

@@ -284,7 +284,61 @@ pub async fn network_checks() -> Vec<Check> {
             }
         }
     };
-    vec![kube, xray]
+    vec![kube, xray, destination_check(deadline).await]
+}
+
+/// Where `--exporter auto` would send spans: X-Ray's answer to GetTraceSegmentDestination.
+async fn destination_check(deadline: std::time::Duration) -> Check {
+    const WHAT: &str = "trace destination";
+    let config = crate::export::xray::XrayConfig {
+        region: None,
+        endpoint_url: std::env::var("COLLECTOR_XRAY_ENDPOINT_URL").ok(),
+        queue_size: 0,
+        latency: None,
+    };
+    let asked = tokio::time::timeout(deadline, async {
+        let sdk = crate::export::xray::load_aws(&config)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        aws_sdk_xray::Client::new(&sdk)
+            .get_trace_segment_destination()
+            .send()
+            .await
+            .map_err(|e| aws_sdk_xray::error::DisplayErrorContext(e).to_string())
+    })
+    .await;
+    match asked {
+        Ok(Ok(out)) => {
+            let otlp = crate::export::destination::means_otlp(out.destination());
+            check(
+                WHAT,
+                true,
+                format!(
+                    "GetTraceSegmentDestination: {}",
+                    out.destination().map_or("(none)", |d| d.as_str())
+                ),
+                if otlp {
+                    "--exporter auto sends OTLP to X-Ray's OTLP endpoint (Transaction Search on)"
+                } else {
+                    "--exporter auto uses PutTraceSegments"
+                },
+            )
+        }
+        Ok(Err(e)) => {
+            let meaning = if e.contains("AccessDenied") {
+                "--exporter auto uses PutTraceSegments (grant xray:GetTraceSegmentDestination)"
+            } else {
+                "--exporter auto uses PutTraceSegments until X-Ray answers"
+            };
+            check(WHAT, false, e, meaning)
+        }
+        Err(_) => check(
+            WHAT,
+            false,
+            "no answer within 3 s",
+            "--exporter auto uses PutTraceSegments until X-Ray answers",
+        ),
+    }
 }
 
 async fn kube_version() -> Result<String, String> {

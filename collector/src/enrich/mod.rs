@@ -24,7 +24,7 @@ use sdk_senders::SdkSenders;
 
 use crate::trace::{
     process::proc_file,
-    span::{Ec2Resource, PodResource, Resource, RootService, SpanGroup, sanitize_name},
+    span::{Ec2Resource, GroupStage, PodResource, Resource, RootService, SpanGroup, sanitize_name},
 };
 
 /// Where a pod's service runs, as X-Ray names it (the SDKs' EKS plugin's `origin`); also the
@@ -226,6 +226,24 @@ impl<R: CgroupReader> Enricher<R> {
         }
         self.by_pid.insert(pid, (id.clone(), name.clone()));
         (id, name)
+    }
+}
+
+impl<R: CgroupReader> GroupStage for Enricher<R> {
+    fn process(&mut self, groups: &mut Vec<SpanGroup>, _wall_secs: u64) {
+        groups.iter_mut().for_each(|g| self.enrich(g));
+    }
+
+    fn tick(&mut self, now_ns: u64) {
+        Enricher::tick(self, now_ns);
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats.pairs()
+    }
+
+    fn levels(&self) -> Vec<(&'static str, u64)> {
+        vec![("enrich_pids_cached", self.by_pid.len() as u64)]
     }
 }
 

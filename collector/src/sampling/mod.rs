@@ -16,7 +16,7 @@ use std::{
 use rules::{Quota, Request, Rule, RuleState};
 
 use crate::counters::counters;
-use crate::trace::span::{SpanGroup, TraceRoot};
+use crate::trace::span::{GroupStage, SpanGroup, TraceRoot};
 
 /// The rules in priority order, shared with the poller that refreshes them.
 pub type SharedRules = Arc<Mutex<Vec<RuleState>>>;
@@ -138,6 +138,16 @@ impl Sampler {
         self.order.push_back(trace_id.to_owned());
         self.decisions.insert(trace_id.to_owned(), decision);
         decision
+    }
+}
+
+impl GroupStage for Sampler {
+    fn process(&mut self, groups: &mut Vec<SpanGroup>, wall_secs: u64) {
+        groups.retain(|g| self.keep_group(g, wall_secs));
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats().pairs()
     }
 }
 

@@ -149,6 +149,23 @@ impl SpanGroup {
     }
 }
 
+/// The contract of every stage after the trace stage (enrichment, the filters, sampling):
+/// it takes the span groups the trace stage built, changes them or drops those that must not
+/// go out, and says what it counted. The pipeline runs them in order, so neither the wiring
+/// nor the counter list names a stage's fields.
+pub trait GroupStage {
+    /// The groups the trace stage just built; `wall_secs` is now, in Unix seconds.
+    fn process(&mut self, groups: &mut Vec<SpanGroup>, wall_secs: u64);
+    /// Periodic upkeep, at `now_ns` on the kernel's clock.
+    fn tick(&mut self, _now_ns: u64) {}
+    /// Counters, named `<stage>_<counter>`.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// What the stage holds right now (gauges).
+    fn levels(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
+
 /// A service name every backend accepts: Unicode letters, digits, whitespace and
 /// `_ . : / % & # = + \ - @`, at most 200 characters; never empty.
 pub fn sanitize_name(name: &str) -> String {

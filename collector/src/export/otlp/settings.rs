@@ -58,6 +58,8 @@ pub fn parse_headers(s: &str) -> Result<Headers, String> {
                     k.trim()
                 )
             })?;
+        let mut value = value;
+        value.set_sensitive(true);
         map.append(name, value);
     }
     Ok(Headers(map))
