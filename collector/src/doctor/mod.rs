@@ -287,16 +287,29 @@ pub async fn network_checks() -> Vec<Check> {
     vec![kube, xray, destination_check(deadline).await]
 }
 
-/// Where `--exporter auto` would send spans: X-Ray's answer to GetTraceSegmentDestination.
+/// Where `--exporter auto` would send spans: X-Ray's answer to GetTraceSegmentDestination
+/// (asked only with a region set; in its own task, so that an SDK that cannot start — no CA
+/// certificates on the host — is a line of the report, not a crash).
 async fn destination_check(deadline: std::time::Duration) -> Check {
     const WHAT: &str = "trace destination";
+    let region = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok();
+    let Some(region) = region else {
+        return check(
+            WHAT,
+            false,
+            "no region",
+            "--exporter auto needs AWS settings to ask X-Ray",
+        );
+    };
     let config = crate::export::xray::XrayConfig {
-        region: None,
+        region: Some(region),
         endpoint_url: std::env::var("COLLECTOR_XRAY_ENDPOINT_URL").ok(),
         queue_size: 0,
         latency: None,
     };
-    let asked = tokio::time::timeout(deadline, async {
+    let task = tokio::spawn(tokio::time::timeout(deadline, async move {
         let sdk = crate::export::xray::load_aws(&config)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -305,8 +318,11 @@ async fn destination_check(deadline: std::time::Duration) -> Check {
             .send()
             .await
             .map_err(|e| aws_sdk_xray::error::DisplayErrorContext(e).to_string())
-    })
-    .await;
+    }));
+    let asked = match task.await {
+        Ok(asked) => asked,
+        Err(e) => Ok(Err(format!("the AWS SDK failed: {e}"))),
+    };
     match asked {
         Ok(Ok(out)) => {
             let otlp = crate::export::destination::means_otlp(out.destination());
