@@ -14,7 +14,6 @@ use crate::{
         traces::TracePrinter,
         xray::{self, XrayConfig, XrayQueue},
     },
-    status::Status,
 };
 
 /// The network exporters running, for the relay, the counters and the stop.
@@ -86,13 +85,12 @@ impl Delivery {
 /// The span exporter `--exporter` names (trace exporters only), with its queues started.
 pub async fn start(
     args: &RunArgs,
-    status: &Status,
     aws: Option<&aws_config::SdkConfig>,
     xray_config: &XrayConfig,
     delivery: &mut Delivery,
 ) -> anyhow::Result<Box<dyn SpanExporter>> {
     let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    let latency = Some(status.export_latency().clone());
+    // The latency histogram is PutTraceSegments' (its name says so): OTLP calls stay out.
     let otlp_config = |sigv4: Option<SigV4>, endpoint: http::Uri| OtlpConfig {
         endpoint,
         headers: args.otlp_headers.clone().unwrap_or_default().0,
@@ -100,7 +98,7 @@ pub async fn start(
         gzip: args.otlp_compression == settings::Compression::Gzip,
         sigv4,
         queue_size: args.otlp_queue_size as usize,
-        latency: latency.clone(),
+        latency: None,
     };
     Ok(match args.exporter {
         ExporterKind::Otlp => {

@@ -129,7 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Pipeline::exchanges(stdout, args.format, clock, TrackerLimits::default())
         }
         _ => Pipeline::traces(
-            exporters::start(&args, &status, aws.as_ref(), &xray_config, &mut delivery).await?,
+            exporters::start(&args, aws.as_ref(), &xray_config, &mut delivery).await?,
             clock,
             TrackerLimits::default(),
             trace_config,

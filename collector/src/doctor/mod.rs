@@ -325,7 +325,7 @@ async fn destination_check(deadline: std::time::Duration) -> Check {
     };
     match asked {
         Ok(Ok(out)) => {
-            let otlp = crate::export::destination::means_otlp(out.destination());
+            let otlp = crate::export::destination::means_otlp(out.destination(), out.status());
             check(
                 WHAT,
                 true,

@@ -1,7 +1,7 @@
 //! `--exporter xray-otlp` and `--exporter auto`: spans go to X-Ray's OTLP endpoint or to
 //! PutTraceSegments, and X-Ray SDK documents always to PutTraceSegments (X-Ray takes them
 //! under Transaction Search too). `auto` asks `GetTraceSegmentDestination` at start and
-//! every 10 minutes: `CloudWatchLogs` (Transaction Search on) means OTLP, `XRay' means
+//! every 10 minutes: `CloudWatchLogs` (Transaction Search on) means OTLP, `XRay` means
 //! PutTraceSegments; without the permission it stays on PutTraceSegments and says so once.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use aws_sdk_xray::types::TraceSegmentDestination;
+use aws_sdk_xray::types::{TraceSegmentDestination, TraceSegmentDestinationStatus};
 
 use super::{SpanExporter, otlp::OtlpQueue, xray::XrayQueue};
 use crate::trace::SpanGroup;
@@ -61,9 +61,14 @@ impl SpanExporter for Routed {
     }
 }
 
-/// The answer's meaning: OTLP when segments land in CloudWatch Logs (Transaction Search).
-pub fn means_otlp(answer: Option<&TraceSegmentDestination>) -> bool {
+/// The answer's meaning: OTLP once segments land in CloudWatch Logs (Transaction Search on
+/// and no longer PENDING).
+pub fn means_otlp(
+    answer: Option<&TraceSegmentDestination>,
+    status: Option<&TraceSegmentDestinationStatus>,
+) -> bool {
     matches!(answer, Some(TraceSegmentDestination::CloudWatchLogs))
+        && !matches!(status, Some(TraceSegmentDestinationStatus::Pending))
 }
 
 /// Asks once now (so the first spans go the right way), then every 10 minutes.
@@ -80,7 +85,7 @@ pub async fn follow(client: aws_sdk_xray::Client, destination: Destination) {
 async fn ask(client: &aws_sdk_xray::Client, destination: &Destination, first: bool) {
     match client.get_trace_segment_destination().send().await {
         Ok(out) => {
-            let otlp = means_otlp(out.destination());
+            let otlp = means_otlp(out.destination(), out.status());
             if destination.set(otlp) || first {
                 tracing::info!(
                     "GetTraceSegmentDestination: {}; spans go to {}",

@@ -3,9 +3,9 @@
 //! queue that drops its oldest when full; one task sends them in batches — once a batch is
 //! full or the flush interval passed — with at most `concurrency` calls in flight. A failed
 //! attempt the sender calls retryable (throttling, 5xx, timeouts, an endpoint that is down)
-//! is retried with backoff, or after the wait the endpoint asked for; while a batch waits to
-//! be retried no new batch leaves, so the queue (up to its bound) and the batches already in
-//! flight are all that is held. Every item is accounted for: sent, unprocessed (the
+//! is retried with backoff, or after the wait the endpoint asked for; from a batch's first
+//! retryable failure until it is done no new batch leaves, so the queue (up to its bound) and
+//! the batches already in flight are all that is held. Every item is accounted for: sent, unprocessed (the
 //! endpoint refused it in a successful call), dropped (queue full, or the call failed for
 //! good), or still queued.
 
@@ -261,12 +261,19 @@ async fn send_batch<T: Item, S: Sender<T>>(
     let stats = &shared.stats;
     let n: u64 = batch.iter().map(|i| i.weight() as u64).sum();
     let mut backoff = FIRST_BACKOFF;
+    // Set from the first retryable failure until the batch is done: meanwhile no new batch
+    // leaves the queue (the guard undoes it however this ends).
+    let mut retrying: Option<Retrying<'_>> = None;
     loop {
         let started = Instant::now();
         let attempt = sender.send(&batch).await;
         if let Some(latency) = &shared.config.latency {
             latency.0.observe(started.elapsed().as_secs_f64());
         }
+        // Registered before the flag is read: a close() after the read still wakes us.
+        let stop = shared.closed.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
         let closed = closing || shared.queue.lock().expect("queue lock").1;
         match attempt {
             Attempt::Delivered { unprocessed } => {
@@ -281,18 +288,17 @@ async fn send_batch<T: Item, S: Sender<T>>(
             }
             Attempt::Retry { why, after } if !closed => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                let wait = after.map_or(backoff, |a| a.min(MAX_BACKOFF));
+                let wait = after.map_or(backoff, |a| a.clamp(FIRST_BACKOFF, MAX_BACKOFF));
                 tracing::warn!(
                     "{} failed ({why}); retrying in {wait:?}",
                     sender.call_name()
                 );
-                shared.retrying.fetch_add(1, Ordering::Relaxed);
+                retrying.get_or_insert_with(|| Retrying::new(&shared.retrying));
                 // A stop cuts the wait short: one last attempt, then the queue drains.
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = shared.closed.notified() => {}
+                    () = stop => {}
                 }
-                shared.retrying.fetch_sub(1, Ordering::Relaxed);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Attempt::Retry { why, .. } | Attempt::Failed { why } => {
@@ -304,6 +310,22 @@ async fn send_batch<T: Item, S: Sender<T>>(
                 return;
             }
         }
+    }
+}
+
+/// One batch counted among those being retried, for as long as it lives.
+struct Retrying<'a>(&'a AtomicU64);
+
+impl<'a> Retrying<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -371,6 +393,50 @@ mod tests {
         );
         assert_eq!(next_batch(&mut q, false, &c), ["cccc"]);
         assert_eq!(next_batch(&mut q, true, &c).len(), 1, "alone, never stuck");
+    }
+
+    /// An endpoint that is always down and asks for 30 s.
+    struct Down;
+
+    impl Sender<String> for Down {
+        fn call_name(&self) -> &'static str {
+            "test call"
+        }
+
+        async fn send(&self, _batch: &[String]) -> Attempt {
+            Attempt::Retry {
+                why: "down".into(),
+                after: Some(Duration::from_secs(30)),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_cuts_every_retry_wait_short_and_counts_what_it_drops() {
+        let (q, task) = start(
+            QueueConfig {
+                max_weight: 1,
+                flush_interval: Duration::from_millis(10),
+                concurrency: 4,
+                ..config(100, usize::MAX)
+            },
+            Down,
+        );
+        q.push("first".into());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        q.push("second".into());
+        q.push("third".into());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(q.len(), 2, "no new batch leaves while one waits to be retried");
+        q.close();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stopped long before the 30 s wait")
+            .unwrap();
+        let s = q.stats();
+        assert_eq!(s.dropped_rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(s.queued.load(Ordering::Relaxed), 3);
+        assert!(s.retries.load(Ordering::Relaxed) >= 1);
     }
 
     #[test]

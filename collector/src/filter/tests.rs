@@ -167,7 +167,11 @@ fn groups_of_opted_out_pods_sdk_senders_and_excluded_namespaces_are_dropped_and_
         ),
         (1, 1, 1)
     );
-    assert!(s.stats.pairs().contains(&("filter_excluded_by_annotation", 1)));
+    assert!(
+        s.stats
+            .pairs()
+            .contains(&("filter_excluded_by_annotation", 1))
+    );
 }
 
 #[test]

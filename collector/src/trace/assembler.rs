@@ -423,8 +423,8 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         decision
     }
 
-    /// The trace a request belongs to (memoized). For an outbound call without a parent this
-    /// is its own segment's trace, and `parent_id` holds that segment's id.
+    /// The trace a request belongs to (memoized). An outbound call without a parent starts
+    /// its own trace (it is the root span; exporters that need a segment around it make one).
     fn identity(&mut self, key: Key, depth: u32) -> Identity {
         if let Some(id) = self.reqs.get(&key).and_then(|r| r.identity.clone()) {
             return id;

@@ -32,7 +32,8 @@ pub struct HttpSpan {
     pub method: String,
     /// The URL as requested (query strings redacted by the HTTP stage).
     pub url: String,
-    /// Client spans: the host called (`Host` without port, else the peer address).
+    /// The host called (client spans) or served (server spans): `Host` without its port,
+    /// else the address.
     pub host: String,
     pub user_agent: Option<String>,
     /// Server spans: the caller (the first X-Forwarded-For entry, else the peer address).

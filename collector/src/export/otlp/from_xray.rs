@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::{
 };
 use serde_json::Value;
 
-use super::spans::{bool_kv, hex_bytes, int_kv, scope, str_kv, trace_id_bytes};
+use super::spans::{bool_kv, hex_bytes, int_kv, path_and_query, scope, str_kv, trace_id_bytes};
 use crate::trace::ids::{is_span_id, is_trace_id};
 
 /// Subsegments nested deeper than this are not followed.
@@ -70,7 +70,7 @@ fn flatten(
         kind: kind as i32,
         start_time_unix_nano: seconds_ns(start),
         end_time_unix_nano: seconds_ns(end),
-        attributes: attributes(v),
+        attributes: attributes(v, server),
         status: failed(v, server).then(|| Status {
             message: String::new(),
             code: StatusCode::Error as i32,
@@ -84,7 +84,12 @@ fn flatten(
         return Ok(());
     }
     for sub in subs {
-        flatten(sub, trace_id, Some(id), call_kind(sub), depth + 1, out)?;
+        // A subsegment still open (no end_time) or malformed loses its subtree, not the
+        // document.
+        let before = out.len();
+        if flatten(sub, trace_id, Some(id), call_kind(sub), depth + 1, out).is_err() {
+            out.truncate(before);
+        }
     }
     Ok(())
 }
@@ -102,16 +107,26 @@ fn failed(v: &Value, server: bool) -> bool {
     v["fault"].as_bool() == Some(true) || (!server && v["error"].as_bool() == Some(true))
 }
 
-fn attributes(v: &Value) -> Vec<KeyValue> {
+fn attributes(v: &Value, server: bool) -> Vec<KeyValue> {
     let mut a = Vec::new();
     let request = &v["http"]["request"];
+    // Server spans carry path and query, calls the full URL (the HTTP conventions).
+    if server && let Some(url) = request["url"].as_str() {
+        let (path, query) = path_and_query(url);
+        a.push(str_kv("url.path", path));
+        if let Some(q) = query {
+            a.push(str_kv("url.query", q));
+        }
+    }
     let mut text = |key: &str, value: &Value| {
         if let Some(s) = value.as_str() {
             a.push(str_kv(key, s));
         }
     };
     text("http.request.method", &request["method"]);
-    text("url.full", &request["url"]);
+    if !server {
+        text("url.full", &request["url"]);
+    }
     text("user_agent.original", &request["user_agent"]);
     text("client.address", &request["client_ip"]);
     text("aws.operation", &v["aws"]["operation"]);

@@ -36,6 +36,8 @@ use crate::{aws::HyperClient, logging::Throttle, trace::SpanGroup};
 pub const MAX_SPANS_PER_REQUEST: usize = 10_000;
 pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 const CONCURRENCY: usize = 4;
+/// An answer is a few bytes of protobuf or an error text: more is not read.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct OtlpConfig {
@@ -67,7 +69,9 @@ pub struct OtlpItem {
 impl OtlpItem {
     fn new(spans: ResourceSpans) -> Self {
         let count = spans.scope_spans.iter().map(|s| s.spans.len()).sum();
-        let bytes = spans.encoded_len();
+        // In the request each item also takes its field tag and length prefix.
+        let len = spans.encoded_len();
+        let bytes = len + 1 + prost::length_delimiter_len(len);
         Self {
             spans,
             count,
@@ -262,18 +266,25 @@ impl queue::Sender<OtlpItem> for OtlpSender {
         let request = ExportTraceServiceRequest {
             resource_spans: batch.iter().map(|i| i.spans.clone()).collect(),
         };
+        // Signing needs credentials, which a refreshing provider (IRSA, IMDS) may briefly
+        // not have: worth another try.
         let request = match self.request(request.encode_to_vec()).await {
             Ok(r) => r,
             Err(e) => {
-                return Attempt::Failed {
+                return Attempt::Retry {
                     why: format!("{e:#}"),
+                    after: None,
                 };
             }
         };
         let answer = tokio::time::timeout(self.config.timeout, async {
             let response = self.client.request(request).await?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+                .to_bytes();
             anyhow::Ok((parts, body))
         })
         .await;
@@ -308,7 +319,7 @@ impl OtlpSender {
         }
         let mut request = request.body(Full::new(Bytes::from(body.clone())))?;
         for (k, v) in &c.headers {
-            request.headers_mut().insert(k.clone(), v.clone());
+            request.headers_mut().append(k.clone(), v.clone());
         }
         if let Some(s) = &c.sigv4 {
             crate::aws::sign(&mut request, &body, "xray", &s.region, &s.credentials).await?;

@@ -98,6 +98,9 @@ fn otlp_span(s: &span::Span) -> Span {
     if let Some(status) = h.status {
         attributes.push(int_kv("http.response.status_code", i64::from(status)));
     }
+    if let Some(e) = error_type(server, h.status) {
+        attributes.push(str_kv("error.type", &e));
+    }
     for note in &s.notes {
         attributes.push(match note {
             Note::Lineage(l) => str_kv("aws.xray.lineage", l),
@@ -123,15 +126,23 @@ fn otlp_span(s: &span::Span) -> Span {
     }
 }
 
-/// Error for 5xx on server spans, 4xx and 5xx on client spans (the HTTP conventions);
-/// otherwise unset.
+/// Error for 5xx on server spans, 4xx and 5xx on client spans, and for an exchange that
+/// ended without a response (the HTTP conventions); otherwise unset.
 fn status(server: bool, status: Option<u16>) -> Option<Status> {
     let error_from = if server { 500 } else { 400 };
-    let code = status.filter(|s| (error_from..600).contains(s))?;
-    Some(Status {
-        message: format!("HTTP {code}"),
-        code: StatusCode::Error as i32,
-    })
+    match status {
+        Some(code) if !(error_from..600).contains(&code) => None,
+        _ => Some(Status {
+            message: String::new(),
+            code: StatusCode::Error as i32,
+        }),
+    }
+}
+
+/// `error.type` of a failed exchange: the status code, or `incomplete` without a response.
+fn error_type(server: bool, status: Option<u16>) -> Option<String> {
+    self::status(server, status)?;
+    Some(status.map_or_else(|| "incomplete".to_owned(), |c| c.to_string()))
 }
 
 fn resource(group: &SpanGroup) -> Resource {
@@ -215,6 +226,9 @@ fn cut_to_fit(span: &mut Span) -> bool {
         let Some(s) = longest else {
             break;
         };
+        if s.is_empty() {
+            break; // nothing left to cut: the span goes as it is
+        }
         let mut keep = s.len().saturating_sub(over.max(s.len() / 2));
         while !s.is_char_boundary(keep) {
             keep -= 1;
@@ -226,7 +240,7 @@ fn cut_to_fit(span: &mut Span) -> bool {
 }
 
 /// `/p?q` of `http://host:port/p?q`.
-fn path_and_query(url: &str) -> (&str, Option<&str>) {
+pub fn path_and_query(url: &str) -> (&str, Option<&str>) {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.find('/').map_or("/", |i| &rest[i..]);
     match path.split_once('?') {

@@ -158,7 +158,10 @@ fn errors_are_5xx_on_server_spans_and_4xx_or_5xx_on_client_spans() {
             "{status}"
         );
     }
-    assert_eq!(super::status(true, None), None, "no response: unset");
+    assert!(super::status(true, None).is_some(), "no response: an error");
+    assert_eq!(error_type(false, Some(404)).as_deref(), Some("404"));
+    assert_eq!(error_type(true, None).as_deref(), Some("incomplete"));
+    assert_eq!(error_type(true, Some(404)), None);
 }
 
 #[test]
