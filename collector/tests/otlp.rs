@@ -508,7 +508,7 @@ fn relayed_sdk_documents_arrive_as_spans_in_the_right_trace_under_the_right_pare
         let segment = spans
             .iter()
             .find(|s| {
-                service(s) == "sdk-app" && text(s, "url.full").contains(&format!("front-{n}"))
+                service(s) == "sdk-app" && text(s, "url.path").contains(&format!("front-{n}"))
             })
             .unwrap_or_else(|| panic!("no SDK segment for {n}: {spans:#?}"));
         assert_eq!(segment["kind"], SERVER);

@@ -427,7 +427,11 @@ mod tests {
         q.push("second".into());
         q.push("third".into());
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(q.len(), 2, "no new batch leaves while one waits to be retried");
+        assert_eq!(
+            q.len(),
+            2,
+            "no new batch leaves while one waits to be retried"
+        );
         q.close();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
