@@ -538,14 +538,9 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             start_ns: self.epoch_ns(x.start_ns),
             end_ns: self.epoch_ns(x.end_ns),
             http: HttpSpan {
-                method: x.request.method.clone(),
-                url: request_url(&x.request, x.role, &e.conn),
-                host: host_of(x.request.host.as_deref(), e.conn.local),
-                user_agent: x.request.user_agent.clone(),
                 client_ip,
                 client_ip_forwarded: forwarded,
-                status: x.response.as_ref().map(|r| r.status),
-                response_bytes: response_bytes(e),
+                ..http_span(e, e.conn.local)
             },
             port: e.conn.local.map_or(0, |a| a.port()),
             callee_traced: false,
@@ -565,16 +560,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             parent_id: None,
             start_ns: self.epoch_ns(x.start_ns),
             end_ns: self.epoch_ns(x.end_ns),
-            http: HttpSpan {
-                method: x.request.method.clone(),
-                url: request_url(&x.request, x.role, &e.conn),
-                host: host_of(x.request.host.as_deref(), e.conn.remote),
-                user_agent: x.request.user_agent.clone(),
-                client_ip: None,
-                client_ip_forwarded: false,
-                status: x.response.as_ref().map(|r| r.status),
-                response_bytes: response_bytes(e),
-            },
+            http: http_span(e, e.conn.remote),
             port: e.conn.remote.map_or(0, |a| a.port()),
             callee_traced: req.linked,
             notes: ended_at_stop(x).collect(),
@@ -699,6 +685,22 @@ fn incoming_trace_id(start: &RequestStart, now_secs: u64) -> Option<String> {
         now_secs,
     )
     .trace_id
+}
+
+/// The exchange's HTTP fields; `host_addr` (the server's address) names the host when the
+/// request has no `Host`.
+fn http_span(e: &ConnExchange, host_addr: Option<SocketAddr>) -> HttpSpan {
+    let x = &e.exchange;
+    HttpSpan {
+        method: x.request.method.clone(),
+        url: request_url(&x.request, x.role, &e.conn),
+        host: host_of(x.request.host.as_deref(), host_addr),
+        user_agent: x.request.user_agent.clone(),
+        client_ip: None,
+        client_ip_forwarded: false,
+        status: x.response.as_ref().map(|r| r.status),
+        response_bytes: response_bytes(e),
+    }
 }
 
 /// The response body's length, when there was a response.

@@ -188,6 +188,24 @@ pub fn sanitize_name(name: &str) -> String {
 pub mod fixtures {
     use super::*;
 
+    /// A pod of Deployment `checkout` in namespace `shop`, on node-a of cluster prod.
+    pub fn pod_resource() -> Resource {
+        Resource {
+            pod: Some(PodResource {
+                name: "checkout-7d4b9c8f6d-x2x9q".into(),
+                namespace: "shop".into(),
+                uid: "7b2c1d0e".into(),
+                container_id: Some("3f9e4b1a".into()),
+                container: Some("app".into()),
+                workload: Some(("Deployment".into(), "checkout".into())),
+                ..PodResource::default()
+            }),
+            ec2: None,
+            node: Some("node-a".into()),
+            cluster: Some("prod".into()),
+        }
+    }
+
     /// `service` (pid `pid`) served `GET http://host:80/x` with 200 in 100 ms.
     pub fn server_group(service: &str, pid: u32) -> SpanGroup {
         SpanGroup {

@@ -5,7 +5,10 @@ use crate::{
     source::event::Role,
     trace::{
         assembler::fixtures::*,
-        span::{Ec2Resource, PodResource, fixtures::server_group},
+        span::{
+            Ec2Resource,
+            fixtures::{pod_resource, server_group},
+        },
     },
 };
 
@@ -70,18 +73,10 @@ fn a_server_span_has_the_http_conventions_attributes_ids_and_kind() {
 fn the_resource_names_service_pod_workload_container_node_cluster_and_cloud() {
     let mut g = server_group("checkout", 10);
     g.process = "python3".into();
-    g.resource.pod = Some(PodResource {
-        name: "checkout-7d4b9c8f6d-x2x9q".into(),
-        namespace: "shop".into(),
-        uid: "7b2c1d0e".into(),
-        container_id: Some("3f9e4b1a".into()),
-        container: Some("app".into()),
-        workload: Some(("Deployment".into(), "checkout".into())),
-        labels: std::sync::Arc::new([("secret".to_owned(), "x".to_owned())].into()),
-        opted_out: false,
-    });
-    g.resource.node = Some("node-a".into());
-    g.resource.cluster = Some("prod".into());
+    g.resource = pod_resource();
+    if let Some(pod) = g.resource.pod.as_mut() {
+        pod.labels = std::sync::Arc::new([("secret".to_owned(), "x".to_owned())].into());
+    }
     g.resource.ec2 = Some(Ec2Resource {
         instance_id: "i-0123456789abcdef0".into(),
         availability_zone: "eu-west-1a".into(),

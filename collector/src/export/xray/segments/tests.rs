@@ -6,7 +6,10 @@ use crate::{
     source::event::Role,
     trace::{
         assembler::fixtures::*,
-        span::{Ec2Resource, PodResource, Resource, fixtures::server_group},
+        span::{
+            Ec2Resource, Resource,
+            fixtures::{pod_resource, server_group},
+        },
     },
 };
 
@@ -24,23 +27,6 @@ fn status_codes_set_error_throttle_and_fault() {
         let d = segment(&groups[0]);
         assert_eq!((d.error, d.throttle, d.fault), flags, "{status}");
         assert_eq!(status_flags(Some(status)), flags);
-    }
-}
-
-fn pod_resource() -> Resource {
-    Resource {
-        pod: Some(PodResource {
-            name: "checkout-7d4b9c8f6d-x2x9q".into(),
-            namespace: "shop".into(),
-            uid: "7b2c1d0e".into(),
-            container_id: Some("3f9e4b1a".into()),
-            container: Some("app".into()),
-            workload: Some(("Deployment".into(), "checkout".into())),
-            ..PodResource::default()
-        }),
-        ec2: None,
-        node: Some("node-a".into()),
-        cluster: Some("prod".into()),
     }
 }
 
