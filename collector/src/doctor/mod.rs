@@ -98,6 +98,9 @@ pub fn checks() -> Vec<Check> {
             (post.split_whitespace().next()? == "cgroup2")
                 .then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
         });
+    // The syscall path reads the numbers from the socket (tcp_sock) behind the fd.
+    let link_offsets = crate::source::offsets::Offsets::from_kernel();
+    let seq_groups = collector_common::OFFSETS_TCP_SEQ | collector_common::OFFSETS_FD_SOCKET;
     let missing = missing_caps(effective_caps());
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
@@ -158,6 +161,17 @@ pub fn checks() -> Vec<Check> {
             cgroup2.is_some(),
             "cgroup-attached programs",
             "socket-layer path: connections and packet payloads",
+        ),
+        check(
+            "links through Service NAT",
+            link_offsets.has(seq_groups),
+            if link_offsets.has(seq_groups) {
+                "connections named by their initial sequence numbers".to_owned()
+            } else {
+                link_offsets.why_missing(seq_groups)
+            },
+            "joins both ends of a connection on this node through ClusterIP DNAT; without it \
+             the syscall path joins by 4-tuple, which NAT rewrites (sock_ops reads them anyway)",
         ),
         check(
             "syscall tracepoints",

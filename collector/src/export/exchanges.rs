@@ -165,6 +165,7 @@ mod tests {
                 comm: "python3".into(),
                 local: Some("127.0.0.1:8000".parse().unwrap()),
                 remote: Some("127.0.0.1:50000".parse().unwrap()),
+                isns: None,
             },
         }
     }

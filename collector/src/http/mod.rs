@@ -13,7 +13,7 @@ pub use exchange::{Exchange, ExchangeFlags, HttpEvent, RequestStart};
 
 use crate::counters::counters;
 use crate::{
-    source::event::{ConnRecord, DataRecord, Direction, KernelEvent, Role},
+    source::event::{ConnRecord, DataRecord, Direction, Isns, KernelEvent, Role},
     stream::{Chunk, DirectionStream, StreamItem, StreamStats},
 };
 use exchange::{Pairing, PairingStats};
@@ -25,6 +25,7 @@ pub struct ConnMeta {
     pub comm: String,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    pub isns: Option<Isns>,
 }
 
 /// An exchange with the connection it happened on.
@@ -233,6 +234,7 @@ impl HttpTracker {
         }
         let meta = ConnMeta {
             role: (c.role != Role::Unknown).then_some(c.role),
+            isns: c.isns(),
             comm: c.comm,
             local: c.local,
             remote: c.remote,

@@ -37,9 +37,32 @@ pub struct ConnRecord {
     pub remote: Option<SocketAddr>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
-    /// Socket-layer path: sequence numbers of stream offset 0 (see `join`).
+    /// Sequence numbers of stream offset 0 (the initial sequence numbers + 1): the
+    /// socket-layer path joins packets with them (see `join`), and both paths name the
+    /// connection by them ([`ConnRecord::isns`]). 0: not known.
     pub recv_seq0: u32,
     pub send_seq0: u32,
+}
+
+/// A TCP connection's initial sequence numbers, the client's and the server's (as the first
+/// payload byte's: ISN + 1). Both ends see the same pair, and Service NAT (kube-proxy's
+/// DNAT, Cilium's socket LB) rewrites addresses and ports but never these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Isns {
+    pub client: u32,
+    pub server: u32,
+}
+
+impl ConnRecord {
+    /// The connection's [`Isns`], when the kernel side read both.
+    pub fn isns(&self) -> Option<Isns> {
+        let (client, server) = match self.role {
+            Role::Client => (self.send_seq0, self.recv_seq0),
+            Role::Server => (self.recv_seq0, self.send_seq0),
+            Role::Unknown => return None,
+        };
+        (client != 0 && server != 0).then_some(Isns { client, server })
+    }
 }
 
 /// Bytes one recv/send call moved on a traced connection.

@@ -7,7 +7,8 @@
 //!   the one inbound request in flight on the same thread (never for runtimes that move work
 //!   between threads, such as Go), or of the request whose trace id the app itself forwarded;
 //! - when both ends of a TCP connection are on this node, the server's span joins the
-//!   client's trace, with the client's span as parent (4-tuple and order on the connection);
+//!   client's trace, with the client's span as parent (the connection's initial sequence
+//!   numbers, which Service NAT leaves alone, and the order on the connection: `links.rs`);
 //! - an incoming X-Amzn-Trace-Id (or a recent W3C traceparent) is honoured; Sampled=0 is not
 //!   exported.
 //!
@@ -23,6 +24,7 @@ use std::{
 use super::{
     header,
     ids::{new_span_id, new_trace_id},
+    links::{Caller, Key, Links},
     process::ProcessInfo,
     span::{HttpSpan, Note, Resource, Span, SpanGroup, SpanKind, TraceRoot, sanitize_name},
 };
@@ -66,6 +68,11 @@ counters! {
         /// Outbound calls with no inbound request in flight: the root of their trace.
         pub client_segments,
         pub linked_same_node,
+        /// Same-node links refused: a connection key (sequence numbers) claimed by two
+        /// connections at once — wrapped, or a collision.
+        pub link_key_collisions,
+        /// Server requests left unlinked because their key had collided.
+        pub unlinked_key_collision,
         pub linked_by_header,
         pub parented_by_thread,
         pub parented_by_forwarded_header,
@@ -77,9 +84,6 @@ counters! {
         pub forgotten,
     }
 }
-
-/// (connection id, request index on it).
-type Key = (u64, u64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ParentReason {
@@ -165,7 +169,7 @@ pub struct TraceAssembler<P: ProcessInfo> {
     /// `keep`. Both are consumed from the front; keys already forgotten are skipped there.
     by_start: VecDeque<Key>,
     finished: VecDeque<(u64, Key)>,
-    clients_by_link: HashMap<(SocketAddr, SocketAddr, u64), Key>,
+    links: Links,
     /// Finished exchanges by end time, waiting for `hold`.
     ready: BinaryHeap<Reverse<(u64, Key)>>,
     /// Service names by pid (bounded: cleared when full).
@@ -184,7 +188,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
             servers_by_trace: HashMap::new(),
             by_start: VecDeque::new(),
             finished: VecDeque::new(),
-            clients_by_link: HashMap::new(),
+            links: Links::default(),
             ready: BinaryHeap::new(),
             names: HashMap::new(),
 
@@ -226,13 +230,11 @@ impl<P: ProcessInfo> TraceAssembler<P> {
         if self.reqs.len() >= self.config.max_requests {
             self.forget_oldest();
         }
+        if self.links.insert(key, start.role, &conn, start.index) {
+            self.stats.link_key_collisions += 1;
+        }
         match start.role {
-            Role::Client => {
-                if let (Some(local), Some(remote)) = (conn.local, conn.remote) {
-                    self.clients_by_link
-                        .insert((local, remote, start.index), key);
-                }
-            }
+            Role::Client => {}
             _ => {
                 self.servers_by_thread
                     .entry((start.pid, start.tid))
@@ -462,12 +464,13 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                     req.start.request.traceparent.as_deref(),
                     start_secs,
                 );
-                let caller = match (req.conn.remote, req.conn.local) {
-                    (Some(remote), Some(local)) => self
-                        .clients_by_link
-                        .get(&(remote, local, req.start.index))
-                        .copied(),
-                    _ => None,
+                let caller = match self.links.caller(&req.conn, req.start.index) {
+                    Caller::Found(c) => Some(c),
+                    Caller::None => None,
+                    Caller::Collided => {
+                        self.stats.unlinked_key_collision += 1;
+                        None
+                    }
                 };
                 if let Some(trace_id) = incoming.trace_id.clone() {
                     let notes = incoming.lineage.map(Note::Lineage).into_iter().collect();
@@ -668,9 +671,7 @@ impl<P: ProcessInfo> TraceAssembler<P> {
                 self.servers_by_trace.remove(&(r.start.pid, root));
             }
         }
-        if let (Some(local), Some(remote)) = (r.conn.local, r.conn.remote) {
-            self.clients_by_link.remove(&(local, remote, r.start.index));
-        }
+        self.links.remove(key, r.start.role, &r.conn, r.start.index);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod assembler;
 pub mod header;
 pub mod ids;
+pub mod links;
 pub mod process;
 pub mod span;
 

@@ -9,7 +9,10 @@ use crate::{
         ConnExchange, ConnMeta, Exchange, ExchangeFlags, HttpOut, RequestStart, head::RequestHead,
         head::ResponseHead,
     },
-    source::{clock::Clock, event::Role},
+    source::{
+        clock::Clock,
+        event::{Isns, Role},
+    },
     trace::{SpanGroup, process::ProcessInfo},
 };
 
@@ -50,6 +53,7 @@ pub struct Call {
     pub headers: RequestHead,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
+    pub isns: Option<Isns>,
     pub status: u16,
 }
 
@@ -74,6 +78,7 @@ pub fn call(
         headers: RequestHead::default(),
         local: None,
         remote: None,
+        isns: None,
         status: 200,
     }
 }
@@ -82,6 +87,11 @@ impl Call {
     pub fn between(mut self, local: &str, remote: &str) -> Self {
         self.local = Some(local.parse().unwrap());
         self.remote = Some(remote.parse().unwrap());
+        self
+    }
+    /// The connection's initial sequence numbers (client's, server's), as both ends read them.
+    pub fn isns(mut self, client: u32, server: u32) -> Self {
+        self.isns = Some(Isns { client, server });
         self
     }
     pub fn amzn(mut self, h: &str) -> Self {
@@ -102,6 +112,7 @@ impl Call {
             comm: String::new(),
             local: self.local,
             remote: self.remote,
+            isns: self.isns,
         }
     }
     pub fn started(&self) -> HttpOut {
@@ -165,6 +176,20 @@ pub fn a_calls_b() -> Vec<Call> {
         call(1, Role::Server, 1, 11, 0, 100, "/a"),
         call(2, Role::Client, 1, 11, 10, 90, "/b").between("10.0.0.1:5000", "10.0.0.2:80"),
         call(3, Role::Server, 2, 21, 12, 88, "/b").between("10.0.0.2:80", "10.0.0.1:5000"),
+    ]
+}
+
+/// A calls B through a ClusterIP that NAT sends to B's pod address: the two ends' tuples
+/// differ, their sequence numbers do not.
+pub fn a_calls_b_through_nat() -> Vec<Call> {
+    vec![
+        call(1, Role::Server, 1, 11, 0, 100, "/a"),
+        call(2, Role::Client, 1, 11, 10, 90, "/b")
+            .between("10.0.0.1:5000", "10.96.0.10:80")
+            .isns(0x1234_5678, 0x9abc_def0),
+        call(3, Role::Server, 2, 21, 12, 88, "/b")
+            .between("10.0.0.2:8080", "10.0.0.1:5000")
+            .isns(0x1234_5678, 0x9abc_def0),
     ]
 }
 

@@ -38,6 +38,47 @@ fn a_call_from_a_thread_per_request_server_nests_under_its_request_and_links_the
 }
 
 #[test]
+fn through_service_nat_the_callee_links_by_the_connections_sequence_numbers() {
+    let mut a = assembler(vec![]);
+    let groups = run(&mut a, &a_calls_b_through_nat());
+    let (a_group, b) = (by_service(&groups, "svc1"), by_service(&groups, "svc2"));
+    let call = &a_group.spans[1];
+    assert_eq!(b.trace_id(), a_group.trace_id());
+    assert_eq!(b.first().parent_id.as_deref(), Some(call.span_id.as_str()));
+    assert!(call.callee_traced);
+    assert_eq!(a.stats.linked_same_node, 1);
+}
+
+#[test]
+fn a_sequence_number_pair_on_two_connections_at_once_links_neither() {
+    let mut a = assembler(vec![]);
+    let mut calls = a_calls_b_through_nat();
+    // A second caller whose connection claims the same pair (a collision, or a wrap).
+    calls.push(
+        call(4, Role::Client, 5, 51, 20, 80, "/b")
+            .between("10.0.0.5:6000", "10.96.0.10:80")
+            .isns(0x1234_5678, 0x9abc_def0),
+    );
+    let groups = run(&mut a, &calls);
+    let b = by_service(&groups, "svc2");
+    assert_eq!(
+        b.first().parent_id,
+        None,
+        "no guess between the two callers"
+    );
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.service == "svc2" || g.trace_id() != b.trace_id())
+    );
+    assert_eq!(
+        (a.stats.link_key_collisions, a.stats.unlinked_key_collision),
+        (1, 1)
+    );
+    assert_eq!(a.stats.linked_same_node, 0);
+}
+
+#[test]
 fn with_two_requests_in_flight_on_the_thread_the_call_stays_unparented() {
     let mut a = assembler(vec![]);
     let groups = run(&mut a, &two_in_flight());
