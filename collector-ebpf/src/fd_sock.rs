@@ -9,6 +9,8 @@ use collector_common::{AF_INET, AF_INET6, OFFSETS_FD_SOCKET, OFFSETS_TCP_SEQ};
 use crate::{maps::offsets_valid, offset, sock_calls::read_kernel};
 
 const TCP_ESTABLISHED: u8 = 1;
+/// The peer already sent its FIN; nothing was read or written yet on a fresh socket.
+const TCP_CLOSE_WAIT: u8 = 8;
 
 /// What a connection's socket says about itself.
 pub struct SockInfo {
@@ -20,6 +22,8 @@ pub struct SockInfo {
     /// First payload byte to receive / send (0 when not yet known: a connect in progress).
     pub recv_seq0: u32,
     pub send_seq0: u32,
+    /// This kernel's BTF gave the sequence counters' offsets (else the numbers stay 0).
+    pub seq_readable: bool,
 }
 
 /// The socket behind `fd` of the current task, if it is one.
@@ -61,8 +65,9 @@ pub fn sock_info(fd: u32) -> Option<SockInfo> {
     }
     let state: u8 = read_kernel(sk, offset!(sk_state)).ok()?;
     let (mut recv_seq0, mut send_seq0) = (0, 0);
+    let seq_readable = offsets_valid(OFFSETS_TCP_SEQ);
     // Before the first read and write the counters stand at the first payload byte.
-    if state == TCP_ESTABLISHED && offsets_valid(OFFSETS_TCP_SEQ) {
+    if (state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT) && seq_readable {
         recv_seq0 = read_kernel(sk, offset!(tcp_copied_seq)).unwrap_or(0);
         send_seq0 = read_kernel(sk, offset!(tcp_write_seq)).unwrap_or(0);
     }
@@ -74,5 +79,6 @@ pub fn sock_info(fd: u32) -> Option<SockInfo> {
         remote_addr,
         recv_seq0,
         send_seq0,
+        seq_readable,
     })
 }

@@ -58,7 +58,14 @@ pub struct ConnState {
     pub role: u32,
     /// `PROTO_*`: decided from the first payload bytes.
     pub proto: u32,
+    /// `CONN_OPEN_PENDING` while the open waits to be reported.
+    pub flags: u32,
 }
+
+/// A non-blocking connect returned before the handshake: the open is reported at the first
+/// read or write, when the socket knows its initial sequence numbers (userspace links the
+/// two ends of a connection by them).
+pub const CONN_OPEN_PENDING: u32 = 1;
 
 #[map]
 pub static CONNS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(65536, 0);
@@ -203,6 +210,26 @@ pub fn current_task_excluded() -> bool {
     unsafe { EXCLUDED_COMMS.get(current_process_comm()) }.is_some()
 }
 
+/// Is the current task one whose connections are not traced: excluded, or (with
+/// `--cgroup`) outside the cgroup the collector traces?
+#[inline(always)]
+pub fn current_task_untraced() -> bool {
+    current_task_excluded() || !current_task_in_traced_cgroup()
+}
+
+/// Is the current task under `TRACED_CGROUP_ID` (always, when that is 0)? Its ancestor at the
+/// traced cgroup's level is that cgroup exactly when it is a descendant (or the cgroup).
+#[inline(always)]
+pub fn current_task_in_traced_cgroup() -> bool {
+    let id = setting_u64(&TRACED_CGROUP_ID);
+    if id == 0 {
+        return true;
+    }
+    let level = setting_u32(&TRACED_CGROUP_LEVEL) as i32;
+    // SAFETY: helper without preconditions.
+    unsafe { aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id(level) == id }
+}
+
 /// Run-time switch, written by the collector: `[0] != 0` while it sheds load. Data of traced
 /// connections is then counted (`Counter::Shed`) and not copied.
 #[map]
@@ -220,6 +247,13 @@ pub static CAPTURE_BYTES: u32 = collector_common::DEFAULT_CAPTURE_BYTES;
 /// drains on its own timer. A wakeup per record costs 5–7× the program itself.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 2 * 1024 * 1024;
+/// `--cgroup`: the cgroup v2 id (its directory's inode) of the cgroup traced, and its depth
+/// below the root; 0: every cgroup. The cgroup programs attach there; the other hooks ask
+/// [`current_task_in_traced_cgroup`].
+#[unsafe(no_mangle)]
+pub static TRACED_CGROUP_ID: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TRACED_CGROUP_LEVEL: u32 = 0;
 /// The collector's own tgid: its traffic is never traced.
 #[unsafe(no_mangle)]
 pub static SELF_TGID: u32 = 0;

@@ -14,7 +14,7 @@ use collector_common::{Counter, DIR_RECV, DIR_SEND, EVENT_SOCK_CALL, PROTO_OTHER
 
 use crate::{
     emit::wakeup_flag,
-    maps::{EVENTS, PROTO_IGNORED, SOCKS, count, current_task_excluded, shedding},
+    maps::{EVENTS, PROTO_IGNORED, SOCKS, count, current_task_untraced, shedding},
     offset,
 };
 
@@ -61,8 +61,9 @@ fn record_call(sk: *const u8, direction: u32, len: u32) -> Result<(), i64> {
     if state.proto == PROTO_OTHER || state.proto == PROTO_IGNORED {
         return Ok(());
     }
-    // The accepting side's sock_ops ran in softirq; here, in the task, exclusions apply.
-    if current_task_excluded() {
+    // The accepting side's sock_ops ran in softirq; here, in the task, exclusions apply (and
+    // `--cgroup`: a socket passed to a process outside the traced cgroup).
+    if current_task_untraced() {
         state.proto = PROTO_IGNORED;
         return Ok(());
     }

@@ -8,11 +8,10 @@ use collector_common::Counter;
 
 use crate::maps::{
     CONNECTING, CONNECTING_EXCLUDED, CONNECTING_SELF, count, current_task_excluded,
-    current_task_is_self,
+    current_task_in_traced_cgroup, current_task_is_self,
 };
 
 const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE: i32 = 7;
 
 /// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -29,7 +28,9 @@ fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     if newstate == TCP_SYN_SENT {
-        if !current_task_excluded() {
+        // With `--cgroup`, sock_ops runs only for sockets of the traced cgroup: a mark of any
+        // other would wait for a callback that never comes.
+        if !current_task_excluded() || !current_task_in_traced_cgroup() {
             return Ok(());
         }
         let mark = if current_task_is_self() {
@@ -39,9 +40,9 @@ fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
         };
         return CONNECTING.insert(sk, mark, 0).map_err(i64::from);
     }
-    // A connect that failed before sock_ops saw it: its mark must not outlive the socket.
+    // A connect that failed before sock_ops saw it (or one sock_ops never saw): its mark must
+    // not outlive the handshake, or a later socket at the same address would inherit it.
     if oldstate == TCP_SYN_SENT
-        && newstate == TCP_CLOSE
         // SAFETY: map lookup; only presence is used.
         && unsafe { CONNECTING.get(sk) }.is_some()
     {

@@ -23,8 +23,9 @@ use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
     fd_sock::{SockInfo, sock_info},
     maps::{
-        CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV,
-        PENDING_MSG, PendingCall, SockKey, count, current_task_excluded, shedding,
+        CONN_OPEN_PENDING, CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF,
+        PENDING_FILE, PENDING_IOV, PENDING_MSG, PendingCall, SockKey, count, current_task_untraced,
+        shedding,
     },
 };
 
@@ -130,24 +131,48 @@ fn take_pending(id: u64) -> Option<PendingCall> {
     Some(call)
 }
 
-/// Starts tracking (tgid, fd) as a new connection and reports it.
+/// Starts tracking (tgid, fd) as a new connection and reports it — or, while a non-blocking
+/// connect is still in its handshake, marks the report for the first read or write.
 #[inline(always)]
 fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
     let conn_id = next_conn_id();
+    let info = sock_info(fd);
+    let pending = info
+        .as_ref()
+        .is_some_and(|i| i.seq_readable && (i.recv_seq0 == 0 || i.send_seq0 == 0));
     let state = ConnState {
         conn_id,
         rx_bytes: 0,
         tx_bytes: 0,
         role,
         proto: PROTO_UNKNOWN,
+        flags: if pending { CONN_OPEN_PENDING } else { 0 },
     };
     if CONNS.insert(SockKey { tgid, fd }, state, 0).is_err() {
         count(Counter::ConnTableFull);
         return;
     }
     count(Counter::ConnOpened);
+    if !pending {
+        report_open(conn_id, role, info, remote);
+    }
+}
+
+/// The open of a connection whose report waited for its handshake (see `open_conn`): before
+/// its first read or write, when both sequence counters still stand at the first byte.
+#[inline(always)]
+fn report_pending_open(fd: u32, state: &mut ConnState) {
+    if state.flags & CONN_OPEN_PENDING == 0 {
+        return;
+    }
+    state.flags &= !CONN_OPEN_PENDING;
+    report_open(state.conn_id, state.role, sock_info(fd), None);
+}
+
+#[inline(always)]
+fn report_open(conn_id: u64, role: u32, info: Option<SockInfo>, remote: Option<SockAddr>) {
     // The socket itself knows both ends; the syscall's own sockaddr only the peer.
-    let info = sock_info(fd).unwrap_or_else(|| {
+    let info = info.unwrap_or_else(|| {
         let (family, remote_port, remote_addr) = match remote {
             Some(a) => (a.family, a.port, a.addr),
             None => (0, 0, [0; 16]),
@@ -160,6 +185,7 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
             remote_addr,
             recv_seq0: 0,
             send_seq0: 0,
+            seq_readable: false,
         }
     });
     emit_conn(&ConnInfo {
@@ -210,7 +236,7 @@ pub fn syscall_exit_accept(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, _) = current();
-    if current_task_excluded() {
+    if current_task_untraced() {
         return Ok(());
     }
     let listen_fd = arg(ctx, ARG0)? as u32;
@@ -262,7 +288,7 @@ pub fn syscall_exit_connect(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, _) = current();
-    if current_task_excluded() {
+    if current_task_untraced() {
         return Ok(());
     }
     let fd = arg(ctx, ARG0)? as u32;
@@ -300,11 +326,13 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     let (id, tgid) = current();
     let fd = arg(ctx, ARG0)? as u32;
     // The one lookup every untraced read/write on the node pays.
-    let Some(state) = CONNS.get_ptr(SockKey { tgid, fd }) else {
+    let Some(state) = CONNS.get_ptr_mut(SockKey { tgid, fd }) else {
         return Ok(());
     };
     // SAFETY: map value pointer valid for this program run.
-    if unsafe { (*state).proto } == PROTO_OTHER {
+    let state = unsafe { &mut *state };
+    report_pending_open(fd, state);
+    if state.proto == PROTO_OTHER {
         return Ok(());
     }
     if shedding() {
@@ -455,11 +483,15 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
         tgid,
         fd: arg(ctx, ARG0)? as u32,
     };
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(state) = (unsafe { CONNS.get(key) }).copied() else {
+    let Some(state) = CONNS.get_ptr_mut(key) else {
         return Ok(());
     };
-    let _ = CONNS.remove(key);
+    // SAFETY: map value pointer valid for this program run; copied before the removal.
+    let state = unsafe {
+        report_pending_open(key.fd, &mut *state);
+        *state
+    };
+    CONNS.remove(key)?;
     count(Counter::ConnClosed);
     emit_conn(&ConnInfo {
         kind: EVENT_CONN_CLOSE,

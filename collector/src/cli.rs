@@ -95,6 +95,13 @@ pub struct RunArgs {
     )]
     pub capture_path: CapturePath,
 
+    /// Trace only the processes of this cgroup v2 directory and its descendants (e.g. one
+    /// collector per node on a host with nested cgroups): the cgroup programs attach there
+    /// instead of the hierarchy's root. Two collectors never claim the same cgroup, nor one
+    /// inside another's.
+    #[arg(long, env = "COLLECTOR_CGROUP", value_parser = crate::source::cgroup::parse_cgroup)]
+    pub cgroup: Option<crate::source::cgroup::TracedCgroup>,
+
     /// Payload bytes copied per recv/send call (the rest is counted, not copied).
     #[arg(long, env = "COLLECTOR_CAPTURE_BYTES", default_value_t = collector_common::DEFAULT_CAPTURE_BYTES,
           value_parser = clap::value_parser!(u32).range(1..=collector_common::MAX_CAPTURE_BYTES as i64))]

@@ -34,7 +34,12 @@ fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    std::process::ExitCode::FAILURE
+                    // A setting that cannot be used, found at start-up: a usage error.
+                    if e.is::<collector::source::cgroup::CgroupHeld>() {
+                        std::process::ExitCode::from(2)
+                    } else {
+                        std::process::ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -24,6 +24,7 @@ use crate::{
     source::{
         Assembler,
         capture_path::Variant,
+        cgroup::TracedCgroup,
         clock::{Clock, monotonic_now_ns},
         event::KernelEvent,
         join::JoinLimits,
@@ -55,7 +56,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capture_bytes: args.capture_bytes,
         ringbuf_bytes: args.ringbuf_bytes,
         exclude_processes: args.exclude_processes.clone(),
+        cgroup: args.cgroup.clone(),
     };
+    // Held until the collector exits: no second collector traces this cgroup meanwhile.
+    let _cgroup_claim = args.cgroup.as_ref().map(TracedCgroup::claim).transpose()?;
     let mut source = if args.capture_path == CapturePath::Off {
         tracing::info!("capture off (--capture-path off): relaying X-Ray SDK segments only");
         None

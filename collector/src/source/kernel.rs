@@ -18,6 +18,7 @@ pub use super::capture_path::CapturePath;
 use super::{
     attach::{SocketLayer, attach},
     capture_path::Variant,
+    cgroup::TracedCgroup,
     offsets::Offsets,
 };
 
@@ -26,9 +27,13 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 impl SocketLayer {
     /// What the socket-layer variants need before anything is loaded.
-    fn probe(offsets: &Offsets) -> anyhow::Result<Self> {
-        let cgroup_root = cgroup2_mount()
-            .context("no cgroup v2 hierarchy is mounted (sock_ops and cgroup_skb attach to it)")?;
+    fn probe(offsets: &Offsets, cgroup: Option<&TracedCgroup>) -> anyhow::Result<Self> {
+        let cgroup_root = match cgroup {
+            Some(c) => c.path.clone(),
+            None => cgroup2_mount().context(
+                "no cgroup v2 hierarchy is mounted (sock_ops and cgroup_skb attach to it)",
+            )?,
+        };
         let needed = OFFSETS_TCP_SEQ | OFFSETS_SK_COOKIE;
         if !offsets.has(needed) {
             anyhow::bail!(
@@ -77,6 +82,8 @@ pub struct SourceOptions {
     pub ringbuf_bytes: u32,
     /// Process names whose connections are never traced.
     pub exclude_processes: Vec<String>,
+    /// Trace only this cgroup's processes (`--cgroup`); else every process.
+    pub cgroup: Option<TracedCgroup>,
 }
 
 impl SourceOptions {
@@ -87,6 +94,7 @@ impl SourceOptions {
             capture_bytes: collector_common::DEFAULT_CAPTURE_BYTES,
             ringbuf_bytes: 64 * 1024,
             exclude_processes: Vec::new(),
+            cgroup: None,
         }
     }
 }
@@ -162,17 +170,20 @@ impl KernelSource {
         offsets: &Offsets,
     ) -> anyhow::Result<Self> {
         let socket = if variant.is_socket_layer() {
-            Some(SocketLayer::probe(offsets)?)
+            Some(SocketLayer::probe(offsets, opts.cgroup.as_ref())?)
         } else {
             None
         };
         let self_tgid = std::process::id();
         // Ring buffer wakeups only when a quarter full: the reader drains on its timer.
         let wakeup_bytes = u64::from(opts.ringbuf_bytes / 4);
+        let (cgroup_id, cgroup_level) = opts.cgroup.as_ref().map_or((0, 0), |c| (c.id, c.level));
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &opts.capture_bytes, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("TRACED_CGROUP_ID", &cgroup_id, true)
+            .override_global("TRACED_CGROUP_LEVEL", &cgroup_level, true)
             .override_global("OFFSETS", &offsets.values, true)
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
             .load(EBPF_OBJECT)

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod btf;
 pub mod capture_path;
+pub mod cgroup;
 pub mod clock;
 pub mod event;
 pub mod join;
