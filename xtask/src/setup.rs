@@ -38,6 +38,10 @@ const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("go", "golang-go"),
     ("javac", "openjdk-17-jdk-headless"),
     ("nginx", "nginx"),
+    // The two-node harness: network namespaces, veth, Service NAT as kube-proxy writes it.
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("conntrack", "conntrack"),
 ];
 
 /// The load generator of the capacity tests (holds a fixed rate, reports percentiles).

@@ -1,4 +1,8 @@
-"""Demo service A (threaded Python): GET /call/<nonce> calls B's /work/<nonce> and relays its body."""
+"""Demo service A (threaded Python): GET /call/<nonce> calls B's /work/<nonce> and relays its body.
+
+Usage: demo_a.py LISTEN B, each a port (on 127.0.0.1) or host:port; B may also be a list of
+routes NAME=HOST:PORT,... that GET /call/<NAME>/<nonce> picks from (/call/<nonce>: route b).
+"""
 import ctypes
 import http.client
 import sys
@@ -8,7 +12,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # it as the service name outside Kubernetes.
 ctypes.CDLL(None).prctl(15, b"service-a", 0, 0, 0)  # PR_SET_NAME
 
-B_PORT = int(sys.argv[2])
+def addr(text):
+    host, _, port = text.rpartition(":")
+    return (host or "127.0.0.1", int(port))
+
+
+ROUTES = (
+    dict((name, addr(a)) for name, a in (r.split("=", 1) for r in sys.argv[2].split(",")))
+    if "=" in sys.argv[2]
+    else {"b": addr(sys.argv[2])}
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -18,11 +31,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         parts = self.path.split("/")
-        if len(parts) < 3 or parts[1] != "call":
+        route = parts[2] if len(parts) > 3 else "b"
+        if len(parts) < 3 or parts[1] != "call" or route not in ROUTES:
             self.send_error(404)
             return
-        conn = http.client.HTTPConnection("127.0.0.1", B_PORT, timeout=10)
-        conn.request("GET", f"/work/{parts[2]}")
+        host, port = ROUTES[route]
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("GET", f"/work/{parts[-1]}")
         reply = conn.getresponse()
         body = reply.read()
         conn.close()
@@ -36,4 +51,4 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+ThreadingHTTPServer(addr(sys.argv[1]), Handler).serve_forever()

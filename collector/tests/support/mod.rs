@@ -4,6 +4,7 @@
 
 pub mod kube;
 pub mod matrix;
+pub mod nodes;
 
 use std::{
     io::{BufRead as _, BufReader},
