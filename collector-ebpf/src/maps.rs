@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use collector_common::{
     Counter, DATA_HEADER_SIZE, KernelOffsets, MAX_CAPTURE_BYTES, OFFSETS_TASK_COMM,
@@ -66,6 +66,12 @@ pub struct ConnState {
 /// read or write, when the socket knows its initial sequence numbers (userspace links the
 /// two ends of a connection by them).
 pub const CONN_OPEN_PENDING: u32 = 1;
+
+/// The connections marked `CONN_OPEN_PENDING`. Two threads may start a connection's first
+/// I/O at once (Go's read and write loops): the one whose removal succeeds reports the open,
+/// so it is reported once. Entries go at the report or the close, like `CONNS`' own.
+#[map]
+pub static OPENS_PENDING: HashMap<SockKey, u8> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static CONNS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(65536, 0);
@@ -217,18 +223,21 @@ pub fn current_task_untraced() -> bool {
     current_task_excluded() || !current_task_in_traced_cgroup()
 }
 
-/// Is the current task under `TRACED_CGROUP_ID` (always, when that is 0)? Its ancestor at the
-/// traced cgroup's level is that cgroup exactly when it is a descendant (or the cgroup).
+/// Is the current task under the traced cgroup (always, without `--cgroup`)? Asked of the
+/// kernel by the cgroup itself, not by its id at a depth: a depth read from a cgroup
+/// namespace's view would be wrong.
 #[inline(always)]
 pub fn current_task_in_traced_cgroup() -> bool {
-    let id = setting_u64(&TRACED_CGROUP_ID);
-    if id == 0 {
+    if setting_u32(&TRACED_CGROUP_SET) == 0 {
         return true;
     }
-    let level = setting_u32(&TRACED_CGROUP_LEVEL) as i32;
-    // SAFETY: helper without preconditions.
-    unsafe { aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id(level) == id }
+    // An error (no cgroup in the slot) traces nothing rather than everything.
+    TRACED_CGROUP.current_task_under_cgroup(0).unwrap_or(false)
 }
+
+/// `--cgroup`: slot 0 holds the traced cgroup, written by the collector before it attaches.
+#[map]
+pub static TRACED_CGROUP: CgroupArray = CgroupArray::with_max_entries(1, 0);
 
 /// Run-time switch, written by the collector: `[0] != 0` while it sheds load. Data of traced
 /// connections is then counted (`Counter::Shed`) and not copied.
@@ -247,13 +256,10 @@ pub static CAPTURE_BYTES: u32 = collector_common::DEFAULT_CAPTURE_BYTES;
 /// drains on its own timer. A wakeup per record costs 5–7× the program itself.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 2 * 1024 * 1024;
-/// `--cgroup`: the cgroup v2 id (its directory's inode) of the cgroup traced, and its depth
-/// below the root; 0: every cgroup. The cgroup programs attach there; the other hooks ask
-/// [`current_task_in_traced_cgroup`].
+/// `--cgroup` was given: only tasks under [`TRACED_CGROUP`] are traced. The cgroup programs
+/// attach to that cgroup; the other hooks ask [`current_task_in_traced_cgroup`].
 #[unsafe(no_mangle)]
-pub static TRACED_CGROUP_ID: u64 = 0;
-#[unsafe(no_mangle)]
-pub static TRACED_CGROUP_LEVEL: u32 = 0;
+pub static TRACED_CGROUP_SET: u32 = 0;
 /// The collector's own tgid: its traffic is never traced.
 #[unsafe(no_mangle)]
 pub static SELF_TGID: u32 = 0;

@@ -23,9 +23,9 @@ use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
     fd_sock::{SockInfo, sock_info},
     maps::{
-        CONN_OPEN_PENDING, CONN_SEQ, CONNS, ConnState, PENDING, PENDING_ADDR, PENDING_BUF,
-        PENDING_FILE, PENDING_IOV, PENDING_MSG, PendingCall, SockKey, count, current_task_untraced,
-        shedding,
+        CONN_OPEN_PENDING, CONN_SEQ, CONNS, ConnState, OPENS_PENDING, PENDING, PENDING_ADDR,
+        PENDING_BUF, PENDING_FILE, PENDING_IOV, PENDING_MSG, PendingCall, SockKey, count,
+        current_task_untraced, shedding,
     },
 };
 
@@ -65,43 +65,58 @@ fn next_conn_id() -> u64 {
     (seq << 12) | (cpu & 0xfff)
 }
 
-/// A socket address read from user memory: family, port (host order), address bytes.
+/// A socket address read from user memory: family, port (host order), address bytes; all 0
+/// (and `read` false) when there was none or it could not be read.
 struct SockAddr {
+    read: bool,
     family: u16,
     port: u16,
     addr: [u8; 16],
 }
 
+/// Reads a sockaddr into a value written whole on every path: 5.10's verifier refuses a
+/// read of stack only some paths wrote (as an `Option`'s payload is, where `None`).
 #[inline(always)]
-fn read_sockaddr(ptr: u64) -> Option<SockAddr> {
+fn read_sockaddr(ptr: u64) -> SockAddr {
+    let mut out = SockAddr {
+        read: false,
+        family: 0,
+        port: 0,
+        addr: [0; 16],
+    };
     if ptr == 0 {
-        return None;
+        return out;
     }
     // SAFETY: user memory read through the checked helper.
-    let family = unsafe { bpf_probe_read_user(ptr as *const u16) }.ok()?;
+    let Ok(family) = (unsafe { bpf_probe_read_user(ptr as *const u16) }) else {
+        return out;
+    };
     if family != AF_INET && family != AF_INET6 {
-        return Some(SockAddr {
-            family,
-            port: 0,
-            addr: [0; 16],
-        });
+        out.read = true;
+        out.family = family;
+        return out;
     }
     // SAFETY: as above.
-    let port = unsafe { bpf_probe_read_user((ptr + 2) as *const u16) }.ok()?;
-    let mut addr = [0u8; 16];
+    let Ok(port) = (unsafe { bpf_probe_read_user((ptr + 2) as *const u16) }) else {
+        return out;
+    };
     if family == AF_INET {
         // SAFETY: as above.
-        let v4 = unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 4]) }.ok()?;
-        addr[..4].copy_from_slice(&v4);
+        let Ok(v4) = (unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 4]) }) else {
+            return out;
+        };
+        out.addr[..4].copy_from_slice(&v4);
     } else {
         // SAFETY: as above.
-        addr = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) }.ok()?;
+        let Ok(v6) = (unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) }) else {
+            return out;
+        };
+        out.addr = v6;
     }
-    Some(SockAddr {
-        family,
-        port: u16::from_be(port),
-        addr,
-    })
+    out.read = true;
+    out.family = family;
+    out.port = u16::from_be(port);
+    out
 }
 
 #[inline(always)]
@@ -134,12 +149,15 @@ fn take_pending(id: u64) -> Option<PendingCall> {
 /// Starts tracking (tgid, fd) as a new connection and reports it — or, while a non-blocking
 /// connect is still in its handshake, marks the report for the first read or write.
 #[inline(always)]
-fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
+fn open_conn(tgid: u32, fd: u32, role: u32, remote: &SockAddr) {
     let conn_id = next_conn_id();
-    let info = sock_info(fd);
-    let pending = info
-        .as_ref()
-        .is_some_and(|i| i.seq_readable && (i.recv_seq0 == 0 || i.send_seq0 == 0));
+    let info = socket_or_peer(fd, remote);
+    let key = SockKey { tgid, fd };
+    // Without room to remember it, the open is reported now (its numbers unknown: the
+    // 4-tuple links it, where no NAT is in the way).
+    let pending = info.seq_readable
+        && (info.recv_seq0 == 0 || info.send_seq0 == 0)
+        && OPENS_PENDING.insert(key, 1, 0).is_ok();
     let state = ConnState {
         conn_id,
         rx_bytes: 0,
@@ -148,46 +166,61 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: Option<SockAddr>) {
         proto: PROTO_UNKNOWN,
         flags: if pending { CONN_OPEN_PENDING } else { 0 },
     };
-    if CONNS.insert(SockKey { tgid, fd }, state, 0).is_err() {
+    if CONNS.insert(key, state, 0).is_err() {
         count(Counter::ConnTableFull);
+        if pending && OPENS_PENDING.remove(key).is_err() {
+            count(Counter::HookFailed);
+        }
         return;
     }
     count(Counter::ConnOpened);
     if !pending {
-        report_open(conn_id, role, info, remote);
+        report_open(conn_id, role, &info);
     }
 }
 
-/// The open of a connection whose report waited for its handshake (see `open_conn`): before
-/// its first read or write, when both sequence counters still stand at the first byte.
+/// The open of a connection whose report waited for its handshake (see `open_conn`): at its
+/// first read or write (or its close), when both sequence counters still stand at the first
+/// byte.
 #[inline(always)]
-fn report_pending_open(fd: u32, state: &mut ConnState) {
+fn report_pending_open(key: SockKey, state: &mut ConnState) {
     if state.flags & CONN_OPEN_PENDING == 0 {
         return;
     }
     state.flags &= !CONN_OPEN_PENDING;
-    report_open(state.conn_id, state.role, sock_info(fd), None);
+    // Only the thread whose removal succeeds reports it (see `OPENS_PENDING`).
+    if OPENS_PENDING.remove(key).is_ok() {
+        report_open(
+            state.conn_id,
+            state.role,
+            &socket_or_peer(key.fd, &read_sockaddr(0)),
+        );
+    }
+}
+
+/// What the socket says about both ends; else what the syscall's own sockaddr says about the
+/// peer.
+#[inline(always)]
+fn socket_or_peer(fd: u32, remote: &SockAddr) -> SockInfo {
+    // Written whole first, then overwritten from the socket (see `read_sockaddr`).
+    let mut info = SockInfo {
+        family: remote.family,
+        local_port: 0,
+        remote_port: remote.port,
+        local_addr: [0; 16],
+        remote_addr: remote.addr,
+        recv_seq0: 0,
+        send_seq0: 0,
+        seq_readable: false,
+    };
+    if let Some(i) = sock_info(fd) {
+        info = i;
+    }
+    info
 }
 
 #[inline(always)]
-fn report_open(conn_id: u64, role: u32, info: Option<SockInfo>, remote: Option<SockAddr>) {
-    // The socket itself knows both ends; the syscall's own sockaddr only the peer.
-    let info = info.unwrap_or_else(|| {
-        let (family, remote_port, remote_addr) = match remote {
-            Some(a) => (a.family, a.port, a.addr),
-            None => (0, 0, [0; 16]),
-        };
-        SockInfo {
-            family,
-            local_port: 0,
-            remote_port,
-            local_addr: [0; 16],
-            remote_addr,
-            recv_seq0: 0,
-            send_seq0: 0,
-            seq_readable: false,
-        }
-    });
+fn report_open(conn_id: u64, role: u32, info: &SockInfo) {
     emit_conn(&ConnInfo {
         kind: EVENT_CONN_OPEN,
         role,
@@ -257,16 +290,13 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
     // Without an address buffer (libuv passes NULL) the family is unknown: track it anyway,
     // userspace decides from the bytes whether it is HTTP.
     let remote = read_sockaddr(call.ptr);
-    if let Some(a) = &remote
-        && a.family != AF_INET
-        && a.family != AF_INET6
-    {
+    if remote.read && remote.family != AF_INET && remote.family != AF_INET6 {
         return Ok(());
     }
-    if call.ptr != 0 && remote.is_none() {
+    if call.ptr != 0 && !remote.read {
         count(Counter::AddrReadFailed);
     }
-    open_conn(tgid, ret as u32, ROLE_SERVER, remote);
+    open_conn(tgid, ret as u32, ROLE_SERVER, &remote);
     Ok(())
 }
 
@@ -293,10 +323,11 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let fd = arg(ctx, ARG0)? as u32;
     let addr = arg(ctx, ARG1)?;
-    match read_sockaddr(addr) {
-        Some(a) if a.family == AF_INET || a.family == AF_INET6 => save_pending(id, addr, fd),
-        Some(_) => {}
-        None => count(Counter::AddrReadFailed),
+    let a = read_sockaddr(addr);
+    if !a.read {
+        count(Counter::AddrReadFailed);
+    } else if a.family == AF_INET || a.family == AF_INET6 {
+        save_pending(id, addr, fd);
     }
     Ok(())
 }
@@ -312,7 +343,7 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
     }
-    open_conn(tgid, call.fd, ROLE_CLIENT, read_sockaddr(call.ptr));
+    open_conn(tgid, call.fd, ROLE_CLIENT, &read_sockaddr(call.ptr));
     Ok(())
 }
 
@@ -331,7 +362,7 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program run.
     let state = unsafe { &mut *state };
-    report_pending_open(fd, state);
+    report_pending_open(SockKey { tgid, fd }, state);
     if state.proto == PROTO_OTHER {
         return Ok(());
     }
@@ -488,7 +519,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program run; copied before the removal.
     let state = unsafe {
-        report_pending_open(key.fd, &mut *state);
+        report_pending_open(key, &mut *state);
         *state
     };
     CONNS.remove(key)?;

@@ -121,6 +121,8 @@ counters! {
         /// Connections dropped to stay within `max_conns`.
         pub conns_evicted,
         /// Data for a connection that was never opened (or already forgotten).
+        /// Opens of a connection already open (ignored).
+        pub repeated_opens,
         pub data_without_conn,
         pub not_http_conns,
     }
@@ -228,8 +230,14 @@ impl HttpTracker {
     }
 
     fn open(&mut self, c: ConnRecord, out: &mut Vec<HttpOut>) {
+        // Ids are never reused: a second open of a live one is a repeated report, and must
+        // not restart the connection's pairing (its requests' order is what links them).
+        if self.conns.contains_key(&c.conn_id) {
+            self.stats.repeated_opens += 1;
+            return;
+        }
         self.stats.conns_opened += 1;
-        if self.conns.len() >= self.limits.max_conns && !self.conns.contains_key(&c.conn_id) {
+        if self.conns.len() >= self.limits.max_conns {
             self.evict_oldest(out);
         }
         let meta = ConnMeta {
@@ -246,10 +254,7 @@ impl HttpTracker {
             send: DirectionStream::default(),
             last_ts: c.ts_ns,
         };
-        if let Some(old) = self.conns.insert(c.conn_id, conn) {
-            let ts = old.last_ts;
-            self.finish(old, ts, out);
-        }
+        self.conns.insert(c.conn_id, conn);
     }
 
     fn data(&mut self, d: DataRecord, out: &mut Vec<HttpOut>) {
