@@ -71,8 +71,12 @@ fn attach_socket_layer(
         &s.btf,
         attached,
     )?;
-    let root = std::fs::File::open(&s.cgroup_root)
-        .with_context(|| format!("opening the cgroup v2 root {}", s.cgroup_root.display()))?;
+    let root = std::fs::File::open(&s.cgroup_root).with_context(|| {
+        format!(
+            "opening the cgroup v2 directory {} (the cgroup programs attach there)",
+            s.cgroup_root.display()
+        )
+    })?;
     let at = s.cgroup_root.display();
     // Multi-program mode, so CNI plugins and systemd keep their programs on the same cgroup.
     // On 5.7+ aya attaches through bpf_link_create, where cgroup links are always

@@ -1,16 +1,17 @@
 //! `--cgroup PATH`: trace one cgroup v2 subtree instead of the whole machine. The cgroup
 //! programs (sock_ops, cgroup_skb) attach to that directory, and every other hook asks the
-//! kernel whether the current task is under it (`TRACED_CGROUP_ID` at its level). Hosts with
-//! nested cgroups need it, and it lets one machine run one collector per "node".
+//! kernel whether the current task is under it (`bpf_current_task_under_cgroup` with the
+//! directory in a cgroup array: no id or depth that a cgroup namespace could skew). Hosts
+//! with nested cgroups need it, and it lets one machine run one collector per "node".
 //!
 //! A collector claims its cgroup with `flock`: exclusively on the directory, shared on each
-//! ancestor below the hierarchy's root. So two collectors never trace the same cgroup, nor
-//! one a cgroup inside another's; the kernel drops the locks when the process ends, however
-//! it ends. A collector without `--cgroup` claims nothing.
+//! ancestor up to the mount point. So two collectors never trace the same cgroup, nor one a
+//! cgroup inside another's; the kernel drops the locks when the process ends, however it
+//! ends. A collector without `--cgroup` claims nothing.
 
 use std::{
     fs::File,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -20,10 +21,6 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracedCgroup {
     pub path: PathBuf,
-    /// The cgroup's id: its directory's inode number (what `bpf_get_current_cgroup_id` says).
-    pub id: u64,
-    /// Its depth below the hierarchy's root (the root is 0).
-    pub level: u32,
     /// Where the hierarchy holding it is mounted.
     mount: PathBuf,
 }
@@ -47,16 +44,9 @@ pub fn parse_cgroup(value: &str) -> Result<TracedCgroup, String> {
         ));
     }
     let path = path.canonicalize().map_err(|e| format!("{value}: {e}"))?;
-    let (mount, root) = containing_mount(&path)
+    let mount = containing_mount(&path)
         .ok_or_else(|| format!("{value}: no cgroup v2 mount in /proc/self/mountinfo holds it"))?;
-    let below = path.strip_prefix(&mount).expect("the mount holds it");
-    let level = root.components().count() - 1 + below.components().count();
-    Ok(TracedCgroup {
-        id: meta.ino(),
-        level: u32::try_from(level).map_err(|_| format!("{value}: too deep"))?,
-        path,
-        mount,
-    })
+    Ok(TracedCgroup { path, mount })
 }
 
 /// The exclusive claim of a traced cgroup (with shared claims on its ancestors), held for
@@ -86,7 +76,7 @@ impl TracedCgroup {
             ))
         })?];
         let mut dir = self.path.parent();
-        while let Some(d) = dir.filter(|d| d.starts_with(&self.mount) && *d != self.mount) {
+        while let Some(d) = dir.filter(|d| d.starts_with(&self.mount)) {
             locks.push(lock(d, libc::LOCK_SH).map_err(|e| {
                 CgroupHeld(format!(
                     "--cgroup {}: another collector traces {}, which holds it ({e})",
@@ -125,14 +115,13 @@ fn statfs_type(path: &Path) -> std::io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-/// The cgroup v2 mount holding `path` (the longest mount point above it), with the root of
-/// the hierarchy that mount shows (`/` unless it is a bind or namespaced mount).
-fn containing_mount(path: &Path) -> Option<(PathBuf, PathBuf)> {
+/// The cgroup v2 mount point holding `path` (the longest one above it).
+fn containing_mount(path: &Path) -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts_holding(&info, path)
+    mount_holding(&info, path)
 }
 
-fn mounts_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, PathBuf)> {
+fn mount_holding(mountinfo: &str, path: &Path) -> Option<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -140,12 +129,10 @@ fn mounts_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, PathBuf)> {
             if post.split_whitespace().next()? != "cgroup2" {
                 return None;
             }
-            let mut f = pre.split_whitespace();
-            let root = PathBuf::from(f.nth(3)?);
-            let point = PathBuf::from(f.next()?);
-            path.starts_with(&point).then_some((point, root))
+            let point = PathBuf::from(pre.split_whitespace().nth(4)?);
+            path.starts_with(&point).then_some(point)
         })
-        .max_by_key(|(point, _)| point.components().count())
+        .max_by_key(|point| point.components().count())
 }
 
 #[cfg(test)]
@@ -153,25 +140,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_level_counts_from_the_hierarchys_root_through_namespaced_mounts() {
+    fn the_mount_is_the_longest_cgroup2_mount_point_above_the_path() {
         let info = "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
                     50 31 0:38 /kubepods /host/cgroup rw - cgroup2 cgroup2 rw\n\
+                    52 50 0:38 /kubepods/x /host/cgroup/x rw - cgroup2 cgroup2 rw\n\
                     51 31 0:40 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
-        let (point, root) =
-            mounts_holding(info, Path::new("/sys/fs/cgroup/unified/node-a")).unwrap();
+        let at = |p: &str| mount_holding(info, Path::new(p)).map(|m| m.display().to_string());
         assert_eq!(
-            (point.to_str(), root.to_str()),
-            (Some("/sys/fs/cgroup/unified"), Some("/"))
+            at("/sys/fs/cgroup/unified/node-a").as_deref(),
+            Some("/sys/fs/cgroup/unified")
         );
-        let (point, root) = mounts_holding(info, Path::new("/host/cgroup/pod1")).unwrap();
-        assert_eq!(
-            (point.to_str(), root.to_str()),
-            (Some("/host/cgroup"), Some("/kubepods"))
-        );
-        assert_eq!(
-            mounts_holding(info, Path::new("/sys/fs/cgroup/cpu/x")),
-            None
-        );
+        assert_eq!(at("/host/cgroup/pod1").as_deref(), Some("/host/cgroup"));
+        assert_eq!(at("/host/cgroup/x/y").as_deref(), Some("/host/cgroup/x"));
+        assert_eq!(at("/sys/fs/cgroup/cpu/x"), None);
     }
 
     #[test]

@@ -64,6 +64,23 @@ fn exclude_processes(ebpf: &mut Ebpf, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--cgroup`: the directory goes in the cgroup array the hooks ask about the current task
+/// (the kernel keeps its own reference; the descriptor may close after).
+fn traced_cgroup(ebpf: &mut Ebpf, cgroup: &TracedCgroup) -> anyhow::Result<()> {
+    let dir = std::fs::File::open(&cgroup.path)
+        .with_context(|| format!("--cgroup {}", cgroup.path.display()))?;
+    let mut map = aya::maps::CgroupArray::try_from(
+        ebpf.map_mut("TRACED_CGROUP")
+            .context("TRACED_CGROUP map missing")?,
+    )?;
+    map.set(0, dir, 0).with_context(|| {
+        format!(
+            "--cgroup {}: setting the traced cgroup",
+            cgroup.path.display()
+        )
+    })
+}
+
 /// A process name as the kernel stores it: at most 15 bytes and a NUL.
 pub fn comm_key(name: &str) -> [u8; 16] {
     let mut key = [0u8; 16];
@@ -177,13 +194,12 @@ impl KernelSource {
         let self_tgid = std::process::id();
         // Ring buffer wakeups only when a quarter full: the reader drains on its timer.
         let wakeup_bytes = u64::from(opts.ringbuf_bytes / 4);
-        let (cgroup_id, cgroup_level) = opts.cgroup.as_ref().map_or((0, 0), |c| (c.id, c.level));
+        let cgroup_set = u32::from(opts.cgroup.is_some());
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &opts.capture_bytes, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("TRACED_CGROUP_ID", &cgroup_id, true)
-            .override_global("TRACED_CGROUP_LEVEL", &cgroup_level, true)
+            .override_global("TRACED_CGROUP_SET", &cgroup_set, true)
             .override_global("OFFSETS", &offsets.values, true)
             .map_max_entries("EVENTS", opts.ringbuf_bytes)
             .load(EBPF_OBJECT)
@@ -192,6 +208,9 @@ impl KernelSource {
                  the collector needs CAP_BPF and CAP_PERFMON (or root)",
             )?;
         exclude_processes(&mut ebpf, &opts.exclude_processes)?;
+        if let Some(c) = &opts.cgroup {
+            traced_cgroup(&mut ebpf, c)?;
+        }
         let mut attached = Vec::new();
         attach(&mut ebpf, variant, socket.as_ref(), &mut attached)?;
 
