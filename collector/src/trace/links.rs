@@ -5,9 +5,10 @@
 //! 4-tuple is the key only when the kernel could not read them. With the request's index on
 //! the connection, a key names one exchange.
 //!
-//! A key seen on two connections of the same role while both are remembered (sequence
-//! numbers that wrapped into a pair still in use, or a collision) links nothing: a wrong
-//! parent is worse than none.
+//! A pair of sequence numbers seen on two connections of the same role while both are
+//! remembered (numbers that wrapped into a pair still in use, or a collision) links nothing:
+//! a wrong parent is worse than none. A 4-tuple, reused by every new connection from the same
+//! port, goes to the latest connection, as before sequence numbers were read.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -65,13 +66,21 @@ impl Links {
         let Some(k) = ConnKey::of(role, conn) else {
             return false;
         };
-        let ends = self.ends.entry((k, index)).or_default();
-        let side = match role {
-            Role::Client => &mut ends.client,
-            Role::Server => &mut ends.server,
+        let is_client = match role {
+            Role::Client => true,
+            Role::Server => false,
             Role::Unknown => return false,
         };
-        let collides = side.is_some_and(|old| old.0 != key.0);
+        let ends = self.ends.entry((k, index)).or_default();
+        let side = if is_client {
+            &mut ends.client
+        } else {
+            &mut ends.server
+        };
+        // A 4-tuple is reused by design (a new connection from the same port after the old
+        // one closed, whose unfinished request may linger): the latest connection wins there.
+        // Two live connections with the same pair of sequence numbers cannot be told apart.
+        let collides = matches!(k, ConnKey::Isns(_)) && side.is_some_and(|old| old.0 != key.0);
         *side = Some(key);
         if collides && !ends.collided {
             ends.collided = true;
@@ -181,6 +190,16 @@ mod tests {
         assert!(!servers.insert((5, 0), Role::Server, &server, 0));
         assert!(servers.insert((6, 0), Role::Server, &server, 0));
         assert_eq!(servers.caller(&server, 0), Caller::Collided);
+        // A reused 4-tuple is no collision: the latest connection wins.
+        let mut tuples = Links::default();
+        let (old, new) = (
+            meta("10.1.0.5:40000", "10.1.0.7:8080", None),
+            meta("10.1.0.5:40000", "10.1.0.7:8080", None),
+        );
+        assert!(!tuples.insert((1, 0), Role::Client, &old, 0));
+        assert!(!tuples.insert((2, 0), Role::Client, &new, 0));
+        let tuple_server = meta("10.1.0.7:8080", "10.1.0.5:40000", None);
+        assert_eq!(tuples.caller(&tuple_server, 0), Caller::Found((2, 0)));
         for (k, role, m) in [
             ((1, 0), Role::Client, &a),
             ((2, 0), Role::Client, &b),
