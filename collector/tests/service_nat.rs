@@ -476,9 +476,12 @@ fn unusable_cgroups_are_start_up_errors() {
         return;
     }
     let _serial = serial();
+    // `timeout`: a collector that wrongly starts would otherwise run on (status 124 then).
     let run = |cgroup: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_collector"))
+        let out = std::process::Command::new("timeout")
             .args([
+                "30",
+                env!("CARGO_BIN_EXE_collector"),
                 "run",
                 "--cgroup",
                 cgroup,

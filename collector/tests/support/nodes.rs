@@ -108,7 +108,7 @@ fn sh(args: &[&str]) {
 
 impl Nodes {
     pub fn start(tag: &str) -> Self {
-        // Interface names have at most 15 bytes; the pid and a counter keep runs apart.
+        // Interface names have at most 15 bytes; the pid and the tag keep tests and runs apart.
         let id = format!("{:x}", std::process::id() % 0xfffff);
         let name = |n: &str| format!("ct{id}{tag}{n}");
         let nodes = Self {
