@@ -19,6 +19,14 @@ import threading
 import urllib.parse
 
 
+def run_clients(client, clients):
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def get(base, prefix, clients, per_client):
     url = urllib.parse.urlsplit(base)
     ok, failed = [0], []
@@ -41,11 +49,7 @@ def get(base, prefix, clients, per_client):
                 with lock:
                     failed.append(f"{c}-{i}: {e}")
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(client, clients)
     return ok[0], failed
 
 
@@ -71,11 +75,7 @@ def churn(addr, prefix, clients, per_client):
                 with lock:
                     failed.append(f"{c}-{i}: {e}")
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(client, clients)
     return ok[0], failed
 
 
