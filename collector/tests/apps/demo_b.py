@@ -1,5 +1,8 @@
 """Demo service B: GET /work/<nonce> sleeps a random 0-200 ms and returns the sleep in its body.
 
+The body's slept_ms is the sleep as measured around it, not the length asked for: a loaded
+machine oversleeps by milliseconds, and tests compare B's segment against this number.
+
 Usage: demo_b.py LISTEN [MIN_MS MAX_MS], LISTEN a port (on 127.0.0.1) or host:port.
 GET /reset/<nonce> sends half a response and resets the connection.
 """
@@ -38,8 +41,9 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) < 3 or parts[1] != "work":
             self.send_error(404)
             return
-        ms = random.uniform(MIN_MS, MAX_MS)
-        time.sleep(ms / 1000)
+        start = time.perf_counter()
+        time.sleep(random.uniform(MIN_MS, MAX_MS) / 1000)
+        ms = (time.perf_counter() - start) * 1000
         body = json.dumps({"service": "b", "nonce": parts[2], "slept_ms": ms}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
