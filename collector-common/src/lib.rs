@@ -73,6 +73,45 @@ pub fn classify_http_start(b: &[u8; 4], known: usize) -> Option<bool> {
     ))
 }
 
+/// Key of the syscall path's `CONNS` table: a connection by (tgid, fd). Userspace reclaims
+/// the entries of processes that exited without closing their sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of `CONNS`: one connection traced on the syscall path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnState {
+    pub conn_id: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub role: u32,
+    /// `PROTO_*`: decided from the first payload bytes.
+    pub proto: u32,
+    /// `CONN_OPEN_PENDING` (collector-ebpf) while the open waits to be reported.
+    pub flags: u32,
+    pub _pad0: u32,
+}
+
+/// Value of `SOCKS`: one socket on the socket-layer path, by socket cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    pub role: u32,
+    /// `PROTO_*`, or `PROTO_IGNORED` (collector-ebpf) for sockets never traced.
+    pub proto: u32,
+    /// Sequence number up to which received bytes have been reported as calls. Hooks that
+    /// see cumulative or repeated counts (`tcp_cleanup_rbuf` runs more than once in a
+    /// `MSG_WAITALL` read, and for peeks) report only what lies beyond it.
+    pub recv_end: u32,
+    /// `SOCK_SELF` (collector-ebpf): one of the collector's own connections.
+    pub flags: u32,
+}
+
 /// Address families carried in [`ConnEvent::family`].
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -248,20 +287,21 @@ pub const PACKET_HEADER_SIZE: usize = core::mem::size_of::<PacketHeader>();
 pub const SOCK_CALL_EVENT_SIZE: usize = core::mem::size_of::<SockCallEvent>();
 
 /// Index of each kernel-side counter in the per-CPU `COUNTERS` array. Every failure in the
-/// kernel programs increments one of these; userspace sums them over CPUs and reports them.
+/// kernel programs increments one `Errors*` counter naming its reason (none is discarded);
+/// userspace sums them over CPUs and exports them as `kernel_<name>`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// A ring buffer record could not be written (buffer full): the event is lost.
-    RingbufFull = 0,
+    ErrorsRingbufFull = 0,
     /// Reading user memory for the payload failed; the event carries the byte count only.
-    PayloadReadFailed = 1,
-    /// The connection table was full: a connection is not tracked.
-    ConnTableFull = 2,
-    /// The in-flight syscall table was full: a call on a tracked socket was missed.
-    PendingTableFull = 3,
+    ErrorsPayloadRead = 1,
+    /// A connection table refused an entry: a connection is not tracked.
+    ErrorsConnTableFull = 2,
+    /// The in-flight syscall table refused an entry: a call on a tracked socket was missed.
+    ErrorsPendingTableFull = 3,
     /// Reading a socket address from user memory failed.
-    AddrReadFailed = 4,
+    ErrorsAddrRead = 4,
     ConnOpened = 5,
     ConnClosed = 6,
     DataEvents = 7,
@@ -269,51 +309,61 @@ pub enum Counter {
     NotHttp = 8,
     PacketEvents = 9,
     CallEvents = 10,
-    /// Reading a kernel struct field (sequence numbers) failed.
-    KernelReadFailed = 11,
+    /// Reading a kernel struct field (sequence numbers, socket cookie) failed.
+    ErrorsKernelRead = 11,
     /// Data of traced connections not captured while the collector sheds load (over its CPU
     /// or memory budget, or capture paused).
     Shed = 12,
-    /// A kernel program's map update or helper call failed (the event is lost or partial).
-    HookFailed = 13,
+    /// Removing a table entry failed (it was already gone: another CPU removed it, or an
+    /// LRU table evicted it).
+    ErrorsMapDelete = 13,
+    /// Loading packet bytes (cgroup_skb) failed: the packet is not captured.
+    ErrorsPacketLoad = 14,
+    /// sock_ops could not ask for a socket's state callbacks: its close will not be seen
+    /// there (the socket is left to its table's LRU eviction).
+    ErrorsCbFlags = 15,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
-        Counter::RingbufFull,
-        Counter::PayloadReadFailed,
-        Counter::ConnTableFull,
-        Counter::PendingTableFull,
-        Counter::AddrReadFailed,
+    pub const ALL: [Counter; 16] = [
+        Counter::ErrorsRingbufFull,
+        Counter::ErrorsPayloadRead,
+        Counter::ErrorsConnTableFull,
+        Counter::ErrorsPendingTableFull,
+        Counter::ErrorsAddrRead,
         Counter::ConnOpened,
         Counter::ConnClosed,
         Counter::DataEvents,
         Counter::NotHttp,
         Counter::PacketEvents,
         Counter::CallEvents,
-        Counter::KernelReadFailed,
+        Counter::ErrorsKernelRead,
         Counter::Shed,
-        Counter::HookFailed,
+        Counter::ErrorsMapDelete,
+        Counter::ErrorsPacketLoad,
+        Counter::ErrorsCbFlags,
     ];
     /// Size of the `COUNTERS` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn name(self) -> &'static str {
         match self {
-            Counter::RingbufFull => "ringbuf_full",
-            Counter::PayloadReadFailed => "payload_read_failed",
-            Counter::ConnTableFull => "conn_table_full",
-            Counter::PendingTableFull => "pending_table_full",
-            Counter::AddrReadFailed => "addr_read_failed",
+            Counter::ErrorsRingbufFull => "errors_ringbuf_full",
+            Counter::ErrorsPayloadRead => "errors_payload_read",
+            Counter::ErrorsConnTableFull => "errors_conn_table_full",
+            Counter::ErrorsPendingTableFull => "errors_pending_table_full",
+            Counter::ErrorsAddrRead => "errors_addr_read",
             Counter::ConnOpened => "conn_opened",
             Counter::ConnClosed => "conn_closed",
             Counter::DataEvents => "data_events",
             Counter::NotHttp => "not_http_conns",
             Counter::PacketEvents => "packet_events",
             Counter::CallEvents => "call_events",
-            Counter::KernelReadFailed => "kernel_read_failed",
+            Counter::ErrorsKernelRead => "errors_kernel_read",
             Counter::Shed => "shed_events",
-            Counter::HookFailed => "hook_failed",
+            Counter::ErrorsMapDelete => "errors_map_delete",
+            Counter::ErrorsPacketLoad => "errors_packet_load",
+            Counter::ErrorsCbFlags => "errors_cb_flags",
         }
     }
 }
@@ -326,6 +376,9 @@ mod user {
     unsafe impl aya::Pod for super::PacketHeader {}
     unsafe impl aya::Pod for super::SockCallEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::SockState {}
 }
 
 #[cfg(test)]
@@ -347,6 +400,9 @@ mod tests {
         assert_eq!(SOCK_CALL_EVENT_SIZE, 4 + 4 + 8 + 8 + 4 * 4 + 16);
         assert_eq!(PACKET_HEADER_SIZE % 8, 0);
         assert_eq!(SOCK_CALL_EVENT_SIZE % 8, 0);
+        assert_eq!(core::mem::size_of::<ConnState>(), 8 * 3 + 4 * 4);
+        assert_eq!(core::mem::size_of::<SockState>(), 4 * 4);
+        assert_eq!(core::mem::size_of::<SockKey>(), 4 * 2);
     }
 
     #[test]

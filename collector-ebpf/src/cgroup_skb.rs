@@ -11,25 +11,31 @@ use collector_common::{
 
 use crate::{
     emit::{capture_limit, output_scratch, scratch, still_http},
-    maps::{PROTO_IGNORED, SOCKS, count, shedding},
+    maps::{Outcome, PROTO_IGNORED, SOCKS, count, counted, shedding},
 };
 
 const IPPROTO_TCP: u8 = 6;
 
 #[cgroup_skb(ingress)]
 pub fn skb_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_skb(&ctx, DIR_RECV);
+    counted(try_skb(&ctx, DIR_RECV));
     1
 }
 
 #[cgroup_skb(egress)]
 pub fn skb_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_skb(&ctx, DIR_SEND);
+    counted(try_skb(&ctx, DIR_SEND));
     1
 }
 
+/// A `T` at `offset` in the packet.
 #[inline(always)]
-fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
+fn load<T>(ctx: &SkBuffContext, offset: usize) -> Result<T, Counter> {
+    ctx.load(offset).map_err(|_| Counter::ErrorsPacketLoad)
+}
+
+#[inline(always)]
+fn try_skb(ctx: &SkBuffContext, direction: u32) -> Outcome {
     // SAFETY: __sk_buff context pointer, as the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let Some(state) = SOCKS.get_ptr_mut(cookie) else {
@@ -46,14 +52,14 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
     }
 
     // The data of a cgroup_skb program starts at the IP header.
-    let vihl: u8 = ctx.load(0)?;
+    let vihl: u8 = load(ctx, 0)?;
     let tcp = match vihl >> 4 {
-        4 if ctx.load::<u8>(9)? == IPPROTO_TCP => ((vihl & 0xf) as usize) * 4,
-        6 if ctx.load::<u8>(6)? == IPPROTO_TCP => 40,
+        4 if load::<u8>(ctx, 9)? == IPPROTO_TCP => ((vihl & 0xf) as usize) * 4,
+        6 if load::<u8>(ctx, 6)? == IPPROTO_TCP => 40,
         _ => return Ok(()),
     };
-    let seq = u32::from_be(ctx.load::<u32>(tcp + 4)?);
-    let doff = ((ctx.load::<u8>(tcp + 12)? >> 4) as usize) * 4;
+    let seq = u32::from_be(load::<u32>(ctx, tcp + 4)?);
+    let doff = ((load::<u8>(ctx, tcp + 12)? >> 4) as usize) * 4;
     let payload_off = tcp + doff;
     let skb_len = ctx.len() as usize;
     if skb_len <= payload_off {
@@ -103,7 +109,7 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         if rc == 0 {
             captured = n as u32;
         } else {
-            count(Counter::PayloadReadFailed);
+            count(Counter::ErrorsPayloadRead);
         }
     }
     let mut tail = [0u8; TAIL_BYTES];
@@ -120,6 +126,8 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Result<(), i64> {
         };
         if rc == 0 {
             flags |= DATA_FLAG_HAS_TAIL;
+        } else {
+            count(Counter::ErrorsPacketLoad);
         }
     }
     let header = PacketHeader {

@@ -80,7 +80,7 @@ pub fn output_scratch(scratch: &Scratch, len: usize, ok: Counter) {
     // SAFETY: `len` is bounded by the scratch size.
     let record = unsafe { core::slice::from_raw_parts(scratch.buf.as_ptr(), len) };
     if EVENTS.output::<[u8]>(record, wakeup_flag()).is_err() {
-        count(Counter::RingbufFull);
+        count(Counter::ErrorsRingbufFull);
     } else {
         count(ok);
     }
@@ -107,7 +107,7 @@ pub struct ConnInfo {
 #[inline(always)]
 pub fn emit_conn(info: &ConnInfo) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
-        count(Counter::RingbufFull);
+        count(Counter::ErrorsRingbufFull);
         return;
     };
     let pid_tgid = if info.with_task {
@@ -184,7 +184,7 @@ pub fn emit_data(
                     Ok(()) => got = want,
                     Err(_) => {
                         flags |= DATA_FLAG_READ_FAILED;
-                        count(Counter::PayloadReadFailed);
+                        count(Counter::ErrorsPayloadRead);
                     }
                 }
             }
@@ -289,7 +289,7 @@ fn copy_iov(
             };
             // SAFETY: user memory read through the checked helper (a zero size is allowed).
             if unsafe { bpf_probe_read_user_buf(base as *const u8, dst) }.is_err() {
-                count(Counter::PayloadReadFailed);
+                count(Counter::ErrorsPayloadRead);
                 break;
             }
             unsafe { core::ptr::write_volatile(&mut scratch.iov_pos, pos + n) };

@@ -41,26 +41,7 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Connections being traced on the syscall path, by (tgid, fd).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockKey {
-    pub tgid: u32,
-    pub fd: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnState {
-    pub conn_id: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub role: u32,
-    /// `PROTO_*`: decided from the first payload bytes.
-    pub proto: u32,
-    /// `CONN_OPEN_PENDING` while the open waits to be reported.
-    pub flags: u32,
-}
+pub use collector_common::{ConnState, SockKey, SockState};
 
 /// A non-blocking connect returned before the handshake: the open is reported at the first
 /// read or write, when the socket knows its initial sequence numbers (userspace links the
@@ -71,10 +52,14 @@ pub const CONN_OPEN_PENDING: u32 = 1;
 /// I/O at once (Go's read and write loops): the one whose removal succeeds reports the open,
 /// so it is reported once. Entries go at the report or the close, like `CONNS`' own.
 #[map]
-pub static OPENS_PENDING: HashMap<SockKey, u8> = HashMap::with_max_entries(65536, 0);
+pub static OPENS_PENDING: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// LRU: a socket that dies without close(2) (process exit, exec, dup2 over it) leaves its
+/// entry behind; the collector reclaims those of exited processes, and eviction takes the
+/// rest, oldest first. An evicted connection is no longer traced, never the other way round:
+/// excluded processes have no entry here.
 #[map]
-pub static CONNS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(65536, 0);
+pub static CONNS: LruHashMap<SockKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Arguments saved at syscall entry for the exit, by pid_tgid (one in-flight call per thread).
 #[repr(C)]
@@ -93,21 +78,6 @@ pub const PENDING_IOV: u32 = 1;
 pub const PENDING_MSG: u32 = 2;
 pub const PENDING_FILE: u32 = 3;
 pub const PENDING_ADDR: u32 = 4;
-
-/// Connections being traced on the socket-layer path, by socket cookie.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockState {
-    pub role: u32,
-    /// `PROTO_*`, or [`PROTO_IGNORED`] for the collector's own connections.
-    pub proto: u32,
-    /// Sequence number up to which received bytes have been reported as calls. Hooks that
-    /// see cumulative or repeated counts (`tcp_cleanup_rbuf` runs more than once in a
-    /// `MSG_WAITALL` read, and for peeks) report only what lies beyond it.
-    pub recv_end: u32,
-    /// `SOCK_SELF`: one of the collector's own connections (its endpoint is remembered).
-    pub flags: u32,
-}
 
 pub const SOCK_SELF: u32 = 1;
 
@@ -128,8 +98,11 @@ pub static SEND_CALLS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384
 /// A connection the collector itself opened: never traced.
 pub const PROTO_IGNORED: u32 = 99;
 
+/// LRU, so that no missed close can fill it for good. Only a socket with an entry is traced,
+/// and a client's entry is made at its connect, so an eviction can only stop a socket's
+/// tracing, never start it (an excluded or the collector's own socket stays untraced).
 #[map]
-pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
+pub static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Local (address, port) of the collector's own TCP connections, so that when their peer is
 /// on this node (a local X-Ray endpoint) the accepting side is not traced either. Key: the
@@ -164,8 +137,10 @@ pub fn offsets_valid(group: u32) -> bool {
     offset!(valid) & group == group
 }
 
+/// LRU: a thread that ends inside a call (another thread's exit_group) never comes back for
+/// its entry.
 #[map]
-pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+pub static PENDING: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// Process names (`comm`, NUL-padded) whose connections are never traced, e.g. a load
 /// generator. Filled by the collector after load.
@@ -274,6 +249,17 @@ pub fn setting_u32(v: &'static u32) -> u32 {
 pub fn setting_u64(v: &'static u64) -> u64 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(v) }
+}
+
+/// What a hook's `try_` function returns: on failure, the counter that names the reason.
+pub type Outcome = Result<(), Counter>;
+
+/// Counts a `try_` function's failure: no hook discards one.
+#[inline(always)]
+pub fn counted(outcome: Outcome) {
+    if let Err(reason) = outcome {
+        count(reason);
+    }
 }
 
 #[inline(always)]

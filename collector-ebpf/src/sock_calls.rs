@@ -14,7 +14,9 @@ use collector_common::{Counter, DIR_RECV, DIR_SEND, EVENT_SOCK_CALL, PROTO_OTHER
 
 use crate::{
     emit::wakeup_flag,
-    maps::{EVENTS, PROTO_IGNORED, SOCKS, count, current_task_untraced, shedding},
+    maps::{
+        EVENTS, Outcome, PROTO_IGNORED, SOCKS, count, counted, current_task_untraced, shedding,
+    },
     offset,
 };
 
@@ -40,18 +42,18 @@ pub fn sock_send_call(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Reports a call that moved `len` bytes (a negative `len` is an error: nothing moved), and
-/// counts a failure.
+/// counts a failure by its reason.
 #[inline(always)]
 pub fn report(sk: *const c_void, direction: u32, len: i32) {
-    if len > 0 && record_call(sk as *const u8, direction, len as u32).is_err() {
-        count(Counter::KernelReadFailed);
+    if len > 0 {
+        counted(record_call(sk as *const u8, direction, len as u32));
     }
 }
 
 /// One call on a traced connection: `len` bytes ending where the socket's sequence counter
 /// now stands. Received bytes are reported once: only those beyond the last report count.
 #[inline(always)]
-fn record_call(sk: *const u8, direction: u32, len: u32) -> Result<(), i64> {
+fn record_call(sk: *const u8, direction: u32, len: u32) -> Outcome {
     let cookie = read_kernel::<u64>(sk, offset!(sk_cookie))?;
     let Some(state) = SOCKS.get_ptr_mut(cookie) else {
         return Ok(());
@@ -90,8 +92,7 @@ fn record_call(sk: *const u8, direction: u32, len: u32) -> Result<(), i64> {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(mut entry) = EVENTS.reserve::<SockCallEvent>(0) else {
-        count(Counter::RingbufFull);
-        return Ok(());
+        return Err(Counter::ErrorsRingbufFull);
     };
     entry.write(SockCallEvent {
         kind: EVENT_SOCK_CALL,
@@ -112,9 +113,10 @@ fn record_call(sk: *const u8, direction: u32, len: u32) -> Result<(), i64> {
 
 /// A `T` at `base + off` in kernel memory, through the checked helper.
 #[inline(always)]
-pub fn read_kernel<T>(base: *const u8, off: u32) -> Result<T, i64> {
+pub fn read_kernel<T>(base: *const u8, off: u32) -> Result<T, Counter> {
     // SAFETY: the helper checks the address; offsets come from the kernel's BTF.
-    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }.map_err(i64::from)
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }
+        .map_err(|_| Counter::ErrorsKernelRead)
 }
 
 /// The socket cookie of a `struct sock` (0 when none was generated: not a traced socket).

@@ -11,8 +11,8 @@ use collector_common::{
 use crate::{
     emit::{ConnInfo, emit_conn},
     maps::{
-        CONNECTING, CONNECTING_SELF, Endpoint, PROTO_IGNORED, SELF_ENDPOINTS, SOCK_SELF, SOCKS,
-        SockState, count,
+        CONNECTING, CONNECTING_SELF, Endpoint, Outcome, PROTO_IGNORED, SELF_ENDPOINTS, SOCK_SELF,
+        SOCKS, SockState, count, counted,
     },
 };
 
@@ -21,6 +21,7 @@ const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const BPF_SOCK_OPS_STATE_CB: u32 = 10;
 const BPF_SOCK_OPS_STATE_CB_FLAG: i32 = 4;
+const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
 /// Every sock_ops callback of every TCP socket on the node. Always returns 1 (no effect on
@@ -29,14 +30,12 @@ const TCP_CLOSE: u32 = 7;
 /// `bpf_get_current_comm`), so who connected comes from [`CONNECTING`].
 #[sock_ops]
 pub fn sock_ops_conn(ctx: SockOpsContext) -> u32 {
-    if try_sock_ops(&ctx).is_err() {
-        count(Counter::HookFailed);
-    }
+    counted(try_sock_ops(&ctx));
     1
 }
 
 #[inline(always)]
-fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
+fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
     match ctx.op() {
         // Runs in the connecting task, after the local port is chosen and before the SYN.
         BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(ctx),
@@ -47,20 +46,30 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i64> {
     }
 }
 
-/// A connection of an excluded process or of the collector itself (marked at `connect()` by
-/// `sock_state::sock_connecting`) is never traced; the collector's own local endpoints are
-/// remembered so that a peer on this node does not trace its side either.
+/// Every connecting socket gets its entry here, before the SYN: an excluded process's or the
+/// collector's own (marked at `connect()` by `sock_state::sock_connecting`) as ignored, any
+/// other as a client to trace once established. A client without an entry at its
+/// established callback (evicted since) is not traced, so an eviction never turns an
+/// ignored socket into a traced one. The collector's own local endpoints are remembered so
+/// that a peer on this node does not trace its side either.
 #[inline(always)]
-fn connecting(ctx: &SockOpsContext) -> Result<(), i64> {
+fn connecting(ctx: &SockOpsContext) -> Outcome {
     let sk = sock_addr(ctx);
     // SAFETY: map lookup; the value is copied.
-    let Some(mark) = (unsafe { CONNECTING.get(sk) }).copied() else {
-        return Ok(());
-    };
-    CONNECTING.remove(sk).map_err(i64::from)?;
+    let mark = (unsafe { CONNECTING.get(sk) }).copied();
+    if mark.is_some() {
+        CONNECTING
+            .remove(sk)
+            .map_err(|_| Counter::ErrorsMapDelete)?;
+    }
+    let mark = mark.unwrap_or(0);
     let state = SockState {
         role: ROLE_CLIENT,
-        proto: PROTO_IGNORED,
+        proto: if mark == 0 {
+            PROTO_UNKNOWN
+        } else {
+            PROTO_IGNORED
+        },
         recv_end: 0,
         flags: if mark & CONNECTING_SELF != 0 {
             SOCK_SELF
@@ -68,16 +77,23 @@ fn connecting(ctx: &SockOpsContext) -> Result<(), i64> {
             0
         },
     };
-    if SOCKS.insert(cookie(ctx), state, 0).is_err() {
-        count(Counter::ConnTableFull);
-        return Ok(());
+    SOCKS
+        .insert(cookie(ctx), state, 0)
+        .map_err(|_| Counter::ErrorsConnTableFull)?;
+    if mark & CONNECTING_SELF != 0 {
+        SELF_ENDPOINTS
+            .insert(local_endpoint(ctx), 1, 0)
+            .map_err(|_| Counter::ErrorsConnTableFull)?;
     }
-    if mark & CONNECTING_SELF != 0 && SELF_ENDPOINTS.insert(local_endpoint(ctx), 1, 0).is_err() {
-        count(Counter::ConnTableFull);
-    }
-    // To remove the entries at close.
-    ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG)?;
-    Ok(())
+    // To remove the entries at close (a failed connect closes too).
+    watch_state(ctx)
+}
+
+/// Asks for the socket's state callbacks, to see its close.
+#[inline(always)]
+fn watch_state(ctx: &SockOpsContext) -> Outcome {
+    ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG)
+        .map_err(|_| Counter::ErrorsCbFlags)
 }
 
 /// The address of the connection's `struct sock`: the key the connect-time tracepoint used.
@@ -94,42 +110,50 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 }
 
 #[inline(always)]
-fn open(ctx: &SockOpsContext, role: u32) -> Result<(), i64> {
+fn open(ctx: &SockOpsContext, role: u32) -> Outcome {
     let cookie = cookie(ctx);
-    // SAFETY: map lookup; the value is copied.
-    if let Some(s) = unsafe { SOCKS.get(cookie) }
-        && s.proto == PROTO_IGNORED
-    {
-        return Ok(());
-    }
     let family = ctx.family() as u16;
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(());
-    }
     // SAFETY: context fields read directly; the verifier rewrites these accesses.
     let (rcv_nxt, snd_nxt) = unsafe { ((*ctx.ops).rcv_nxt, (*ctx.ops).snd_nxt) };
-    // The accepting side of an excluded process's connection on this node.
-    // SAFETY: map lookup; only presence is used.
-    let ignored =
-        role == ROLE_SERVER && unsafe { SELF_ENDPOINTS.get(remote_endpoint(ctx)) }.is_some();
-    let state = SockState {
-        role,
-        proto: if ignored {
-            PROTO_IGNORED
-        } else {
-            PROTO_UNKNOWN
-        },
-        recv_end: rcv_nxt,
-        flags: 0,
-    };
-    if SOCKS.insert(cookie, state, 0).is_err() {
-        count(Counter::ConnTableFull);
-        return Ok(());
-    }
-    // Ask for state changes, to see the close (of ignored sockets too: the entry goes then).
-    ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_STATE_CB_FLAG)?;
-    if ignored {
-        return Ok(());
+    if role == ROLE_CLIENT {
+        // Traced only with the entry its connect made (see `connecting`).
+        let Some(state) = SOCKS.get_ptr_mut(cookie) else {
+            return Ok(());
+        };
+        // SAFETY: map value pointer valid for this program run.
+        let state = unsafe { &mut *state };
+        if state.proto == PROTO_IGNORED {
+            return Ok(());
+        }
+        if family != AF_INET && family != AF_INET6 {
+            return SOCKS.remove(cookie).map_err(|_| Counter::ErrorsMapDelete);
+        }
+        state.recv_end = rcv_nxt;
+    } else {
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(());
+        }
+        // The accepting side of the collector's own connection on this node.
+        // SAFETY: map lookup; only presence is used.
+        let ignored = unsafe { SELF_ENDPOINTS.get(remote_endpoint(ctx)) }.is_some();
+        let state = SockState {
+            role,
+            proto: if ignored {
+                PROTO_IGNORED
+            } else {
+                PROTO_UNKNOWN
+            },
+            recv_end: rcv_nxt,
+            flags: 0,
+        };
+        SOCKS
+            .insert(cookie, state, 0)
+            .map_err(|_| Counter::ErrorsConnTableFull)?;
+        // To see the close (of ignored sockets too: the entry goes then).
+        watch_state(ctx)?;
+        if ignored {
+            return Ok(());
+        }
     }
     count(Counter::ConnOpened);
     let (local_addr, remote_addr) = if family == AF_INET {
@@ -159,19 +183,32 @@ fn open(ctx: &SockOpsContext, role: u32) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn close(ctx: &SockOpsContext) -> Result<(), i64> {
+fn close(ctx: &SockOpsContext) -> Outcome {
     let cookie = cookie(ctx);
     // SAFETY: map lookup; the value is copied.
     let Some(state) = (unsafe { SOCKS.get(cookie) }).copied() else {
+        // Evicted: if it was one of the collector's own, its endpoint goes now.
+        let local = local_endpoint(ctx);
+        // SAFETY: map lookup; only presence is used.
+        if unsafe { SELF_ENDPOINTS.get(local) }.is_some() {
+            return SELF_ENDPOINTS
+                .remove(local)
+                .map_err(|_| Counter::ErrorsMapDelete);
+        }
         return Ok(());
     };
-    SOCKS.remove(cookie).map_err(i64::from)?;
+    SOCKS.remove(cookie).map_err(|_| Counter::ErrorsMapDelete)?;
     if state.proto == PROTO_IGNORED {
         if state.flags & SOCK_SELF != 0 {
             SELF_ENDPOINTS
                 .remove(local_endpoint(ctx))
-                .map_err(i64::from)?;
+                .map_err(|_| Counter::ErrorsMapDelete)?;
         }
+        return Ok(());
+    }
+    // A client whose connect failed was never reported open.
+    // SAFETY: context field load.
+    if state.role == ROLE_CLIENT && ctx.arg(0) == TCP_SYN_SENT {
         return Ok(());
     }
     count(Counter::ConnClosed);

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use collector_common::Counter;
 
 use crate::maps::{
-    CONNECTING, CONNECTING_EXCLUDED, CONNECTING_SELF, count, current_task_excluded,
+    CONNECTING, CONNECTING_EXCLUDED, CONNECTING_SELF, Outcome, counted, current_task_excluded,
     current_task_in_traced_cgroup, current_task_is_self,
 };
 
@@ -16,14 +16,12 @@ const TCP_SYN_SENT: i32 = 2;
 /// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_connecting(ctx: BtfTracePointContext) -> i32 {
-    if try_connecting(&ctx).is_err() {
-        count(Counter::HookFailed);
-    }
+    counted(try_connecting(&ctx));
     0
 }
 
 #[inline(always)]
-fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
+fn try_connecting(ctx: &BtfTracePointContext) -> Outcome {
     let sk: u64 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
@@ -38,7 +36,9 @@ fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
         } else {
             CONNECTING_EXCLUDED
         };
-        return CONNECTING.insert(sk, mark, 0).map_err(i64::from);
+        return CONNECTING
+            .insert(sk, mark, 0)
+            .map_err(|_| Counter::ErrorsConnTableFull);
     }
     // A connect that failed before sock_ops saw it (or one sock_ops never saw): its mark must
     // not outlive the handshake, or a later socket at the same address would inherit it.
@@ -46,7 +46,7 @@ fn try_connecting(ctx: &BtfTracePointContext) -> Result<(), i64> {
         // SAFETY: map lookup; only presence is used.
         && unsafe { CONNECTING.get(sk) }.is_some()
     {
-        return CONNECTING.remove(sk).map_err(i64::from);
+        return CONNECTING.remove(sk).map_err(|_| Counter::ErrorsMapDelete);
     }
     Ok(())
 }

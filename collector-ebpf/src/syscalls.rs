@@ -23,9 +23,9 @@ use crate::{
     emit::{ConnInfo, Payload, emit_conn, emit_data, first_bytes, still_http},
     fd_sock::{SockInfo, sock_info},
     maps::{
-        CONN_OPEN_PENDING, CONN_SEQ, CONNS, ConnState, OPENS_PENDING, PENDING, PENDING_ADDR,
-        PENDING_BUF, PENDING_FILE, PENDING_IOV, PENDING_MSG, PendingCall, SockKey, count,
-        current_task_untraced, shedding,
+        CONN_OPEN_PENDING, CONN_SEQ, CONNS, ConnState, OPENS_PENDING, Outcome, PENDING,
+        PENDING_ADDR, PENDING_BUF, PENDING_FILE, PENDING_IOV, PENDING_MSG, PendingCall, SockKey,
+        count, counted, current_task_untraced, shedding,
     },
 };
 
@@ -36,11 +36,11 @@ const RET: usize = 16;
 const EINPROGRESS: i64 = 115;
 
 #[inline(always)]
-fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, i64> {
+fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
     // A direct load from the record (the verifier checks it lies inside), not
     // bpf_probe_read_kernel: these run on every read and write on the node.
     // SAFETY: offsets lie inside every syscall tracepoint record.
-    Ok(unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const u64) })
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const u64) }
 }
 
 #[inline(always)]
@@ -134,7 +134,7 @@ fn save_pending(id: u64, ptr: u64, fd: u32) {
         )
         .is_err()
     {
-        count(Counter::PendingTableFull);
+        count(Counter::ErrorsPendingTableFull);
     }
 }
 
@@ -142,7 +142,9 @@ fn save_pending(id: u64, ptr: u64, fd: u32) {
 fn take_pending(id: u64) -> Option<PendingCall> {
     // SAFETY: the value is copied out before the entry is removed.
     let call = *unsafe { PENDING.get(id) }?;
-    let _ = PENDING.remove(id);
+    if PENDING.remove(id).is_err() {
+        count(Counter::ErrorsMapDelete);
+    }
     Some(call)
 }
 
@@ -165,11 +167,12 @@ fn open_conn(tgid: u32, fd: u32, role: u32, remote: &SockAddr) {
         role,
         proto: PROTO_UNKNOWN,
         flags: if pending { CONN_OPEN_PENDING } else { 0 },
+        _pad0: 0,
     };
     if CONNS.insert(key, state, 0).is_err() {
-        count(Counter::ConnTableFull);
+        count(Counter::ErrorsConnTableFull);
         if pending && OPENS_PENDING.remove(key).is_err() {
-            count(Counter::HookFailed);
+            count(Counter::ErrorsMapDelete);
         }
         return;
     }
@@ -243,47 +246,47 @@ fn report_open(conn_id: u64, role: u32, info: &SockInfo) {
 /// `accept4(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen, int flags)`
 #[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
 pub fn syscall_enter_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_accept(&ctx);
+    counted(try_enter_accept(&ctx));
     0
 }
 
 /// `accept(int fd, struct sockaddr *upeer_sockaddr, int *upeer_addrlen)`
 #[tracepoint(category = "syscalls", name = "sys_enter_accept")]
 pub fn syscall_enter_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_accept(&ctx);
+    counted(try_enter_accept(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn syscall_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx);
+    counted(try_exit_accept(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn syscall_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_accept(&ctx);
+    counted(try_exit_accept(&ctx));
     0
 }
 
 #[inline(always)]
-fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter_accept(ctx: &TracePointContext) -> Outcome {
     let (id, _) = current();
     if current_task_untraced() {
         return Ok(());
     }
-    let listen_fd = arg(ctx, ARG0)? as u32;
-    save_pending(id, arg(ctx, ARG1)?, listen_fd);
+    let listen_fd = arg(ctx, ARG0) as u32;
+    save_pending(id, arg(ctx, ARG1), listen_fd);
     Ok(())
 }
 
 #[inline(always)]
-fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit_accept(ctx: &TracePointContext) -> Outcome {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
         return Ok(());
     };
-    let ret = arg(ctx, RET)? as i64;
+    let ret = arg(ctx, RET) as i64;
     if ret < 0 {
         return Ok(());
     }
@@ -294,7 +297,7 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     if call.ptr != 0 && !remote.read {
-        count(Counter::AddrReadFailed);
+        count(Counter::ErrorsAddrRead);
     }
     open_conn(tgid, ret as u32, ROLE_SERVER, &remote);
     Ok(())
@@ -305,27 +308,27 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
 /// `connect(int fd, struct sockaddr *uservaddr, int addrlen)`
 #[tracepoint(category = "syscalls", name = "sys_enter_connect")]
 pub fn syscall_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_connect(&ctx);
+    counted(try_enter_connect(&ctx));
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn syscall_exit_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_connect(&ctx);
+    counted(try_exit_connect(&ctx));
     0
 }
 
 #[inline(always)]
-fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter_connect(ctx: &TracePointContext) -> Outcome {
     let (id, _) = current();
     if current_task_untraced() {
         return Ok(());
     }
-    let fd = arg(ctx, ARG0)? as u32;
-    let addr = arg(ctx, ARG1)?;
+    let fd = arg(ctx, ARG0) as u32;
+    let addr = arg(ctx, ARG1);
     let a = read_sockaddr(addr);
     if !a.read {
-        count(Counter::AddrReadFailed);
+        count(Counter::ErrorsAddrRead);
     } else if a.family == AF_INET || a.family == AF_INET6 {
         save_pending(id, addr, fd);
     }
@@ -333,12 +336,12 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exit_connect(ctx: &TracePointContext) -> Outcome {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
         return Ok(());
     };
-    let ret = arg(ctx, RET)? as i64;
+    let ret = arg(ctx, RET) as i64;
     // Non-blocking sockets (Node, Go, nginx) return -EINPROGRESS and complete later.
     if ret != 0 && ret != -EINPROGRESS {
         return Ok(());
@@ -353,9 +356,9 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
 /// `KIND` is a constant per program, so each program holds only its own payload path (the
 /// verifier would otherwise walk every path in every program).
 #[inline(always)]
-fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Outcome {
     let (id, tgid) = current();
-    let fd = arg(ctx, ARG0)? as u32;
+    let fd = arg(ctx, ARG0) as u32;
     // The one lookup every untraced read/write on the node pays.
     let Some(state) = CONNS.get_ptr_mut(SockKey { tgid, fd }) else {
         return Ok(());
@@ -373,10 +376,10 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
     let ptr = if KIND == PENDING_FILE {
         0
     } else {
-        arg(ctx, ARG1)?
+        arg(ctx, ARG1)
     };
     let iov_count = if KIND == PENDING_IOV {
-        arg(ctx, ARG2)?
+        arg(ctx, ARG2)
     } else {
         0
     };
@@ -393,7 +396,7 @@ fn try_enter_io<const KIND: u32>(ctx: &TracePointContext) -> Result<(), i64> {
         )
         .is_err()
     {
-        count(Counter::PendingTableFull);
+        count(Counter::ErrorsPendingTableFull);
     }
     Ok(())
 }
@@ -422,7 +425,7 @@ fn payload_of<const KIND: u32>(call: &PendingCall) -> Payload {
 }
 
 #[inline(always)]
-fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Result<(), i64> {
+fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Outcome {
     let (id, tgid) = current();
     let Some(call) = take_pending(id) else {
         return Ok(());
@@ -431,7 +434,7 @@ fn try_exit_io<const KIND: u32>(ctx: &TracePointContext, direction: u32) -> Resu
     if call.kind != KIND {
         return Ok(());
     }
-    let ret = arg(ctx, RET)? as i64;
+    let ret = arg(ctx, RET) as i64;
     if ret <= 0 {
         return Ok(());
     }
@@ -465,13 +468,13 @@ macro_rules! io_hooks {
         #[doc = $doc]
         #[tracepoint(category = "syscalls", name = $enter_tp)]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            let _ = try_enter_io::<{ $kind }>(&ctx);
+            counted(try_enter_io::<{ $kind }>(&ctx));
             0
         }
 
         #[tracepoint(category = "syscalls", name = $exit_tp)]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = try_exit_io::<{ $kind }>(&ctx, $dir);
+            counted(try_exit_io::<{ $kind }>(&ctx, $dir));
             0
         }
     )*};
@@ -503,16 +506,16 @@ io_hooks! {
 /// `close(unsigned int fd)`
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn syscall_enter_close(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_close(&ctx);
+    counted(try_enter_close(&ctx));
     0
 }
 
 #[inline(always)]
-fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+fn try_enter_close(ctx: &TracePointContext) -> Outcome {
     let (_, tgid) = current();
     let key = SockKey {
         tgid,
-        fd: arg(ctx, ARG0)? as u32,
+        fd: arg(ctx, ARG0) as u32,
     };
     let Some(state) = CONNS.get_ptr_mut(key) else {
         return Ok(());
@@ -522,7 +525,7 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
         report_pending_open(key, &mut *state);
         *state
     };
-    CONNS.remove(key)?;
+    CONNS.remove(key).map_err(|_| Counter::ErrorsMapDelete)?;
     count(Counter::ConnClosed);
     emit_conn(&ConnInfo {
         kind: EVENT_CONN_CLOSE,

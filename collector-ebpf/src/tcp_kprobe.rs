@@ -65,7 +65,7 @@ fn send_entry(ctx: &ProbeContext) {
         .insert(bpf_get_current_pid_tgid(), sk, 0)
         .is_err()
     {
-        count(Counter::PendingTableFull);
+        count(Counter::ErrorsPendingTableFull);
     }
 }
 
@@ -77,7 +77,7 @@ fn send_return(ctx: &RetProbeContext) {
         return;
     };
     if SEND_CALLS.remove(id).is_err() {
-        count(Counter::HookFailed);
+        count(Counter::ErrorsMapDelete);
     }
     report(sk as *const c_void, DIR_SEND, ctx.ret::<i32>());
 }

@@ -68,7 +68,7 @@ fn run_load(path: &str) {
         .count();
     let counters = summary_counters(&stderr);
     let lost = [
-        "kernel_ringbuf_full",
+        "kernel_errors_ringbuf_full",
         "stream_gaps",
         "http_lost_messages",
         "http_unmatched_responses",

@@ -257,7 +257,7 @@ fn metrics_move_with_traffic_and_parse() {
     }
     assert!(sample(&second, "collector_enrich_pids_cached").is_some_and(|n| n >= 1.0));
     assert_eq!(
-        sample(&second, "collector_kernel_ringbuf_full_total"),
+        sample(&second, "collector_kernel_errors_ringbuf_full_total"),
         Some(0.0)
     );
 

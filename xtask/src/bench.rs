@@ -308,7 +308,12 @@ fn measure(
     if bpf_stats {
         s.bpf_ns_per_req = Some((bpf1 - bpf0) as f64 / req);
     }
-    s.drops = Some(summary.get("kernel_ringbuf_full").copied().unwrap_or(0));
+    s.drops = Some(
+        summary
+            .get("kernel_errors_ringbuf_full")
+            .copied()
+            .unwrap_or(0),
+    );
     s.captured = Some(summary.get("http_exchanges").copied().unwrap_or(0));
     Ok(s)
 }

@@ -8,7 +8,7 @@ use crate::{
     guard::Guard,
     pipeline::Pipeline,
     relay::RelayStats,
-    source::{Assembler, capture_path::Variant},
+    source::{Assembler, capture_path::Variant, tables::TableStats},
 };
 
 /// What the counters are read from.
@@ -24,6 +24,7 @@ pub struct Sources<'a, W: std::io::Write> {
     /// The capture variant chosen at start (none with `--capture-path off`).
     pub variant: Option<Variant>,
     pub relay: Option<&'a RelayStats>,
+    pub tables: &'a TableStats,
 }
 
 pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
@@ -36,6 +37,7 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
         pairs.extend(list.iter().map(|(k, v)| ((*k).to_owned(), *v)));
     };
     add(&mut pairs, &[("decode_errors", s.assembler.decode_errors)]);
+    add(&mut pairs, &s.tables.pairs());
     if let Some(j) = s.assembler.join_stats() {
         add(&mut pairs, &j.pairs());
     }

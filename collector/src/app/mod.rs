@@ -16,7 +16,7 @@ use crate::{
     enrich::{EnrichConfig, Enricher, ProcCgroups, SharedMeta, ec2, kube_watch},
     export::xray::{self, XrayConfig},
     filter::{Filters, HealthChecks, Selection},
-    guard::{Budget, Guard, measure},
+    guard::{self, Budget, Guard, measure},
     http::TrackerLimits,
     pipeline::Pipeline,
     relay,
@@ -29,6 +29,7 @@ use crate::{
         event::KernelEvent,
         join::JoinLimits,
         kernel::{CapturePath, KernelSource, SourceOptions},
+        tables::TableStats,
     },
     status::{self, Status},
     trace::{TraceConfig, span::GroupStage},
@@ -195,6 +196,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Kernel counters of capture sessions already detached (kill switch).
     let mut kernel_before: Vec<(&'static str, u64)> = Vec::new();
     let mut last_check = Instant::now();
+    let mut tables = TableStats::default();
+    let mut checks = 0u64;
 
     loop {
         tokio::select! {
@@ -241,12 +244,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
+            checks += 1;
+            if checks.is_multiple_of(10) {
+                guard::release_free_memory();
+            }
             if let Some(on) = guard.check(measure(monotonic_now_ns())) {
                 shed(source.as_mut(), on, &args);
             }
             let mut kernel = kernel_before.clone();
-            if let Some(s) = &source {
+            if let Some(s) = &mut source {
                 counters::add_kernel(&mut kernel, &s.counters());
+                let closes = tables.maybe_sweep(s, last_check, monotonic_now_ns());
+                if !closes.is_empty() {
+                    // Their opens first.
+                    s.drain(|record| assembler.push(record, &mut events));
+                    events.extend(closes);
+                }
             }
             status.publish(counters::collect(&counters::Sources {
                 kernel: &kernel,
@@ -259,6 +272,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 capture_attached: source.is_some(),
                 variant,
                 relay: relay_stats.as_deref(),
+                tables: &tables,
             }));
         }
     }
@@ -296,6 +310,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capture_attached: false,
         variant,
         relay: relay_stats.as_deref(),
+        tables: &tables,
     });
     pairs.extend(delivery.undelivered());
     status.publish(pairs.clone());

@@ -194,6 +194,11 @@ impl HttpTracker {
             let ts = conn.last_ts;
             self.finish(conn, ts, out);
         }
+        // A burst of connections grows the table, and a table never shrinks by itself: give
+        // the memory back once it is mostly empty.
+        if self.conns.capacity() > 4 * self.conns.len().max(256) {
+            self.conns.shrink_to(2 * self.conns.len());
+        }
     }
 
     /// Flushes every connection (at shutdown).

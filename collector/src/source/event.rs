@@ -17,6 +17,17 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// A kernel record's `ROLE_*`.
+    pub fn from_raw(role: u32) -> Self {
+        match role {
+            ROLE_CLIENT => Role::Client,
+            ROLE_SERVER => Role::Server,
+            _ => Role::Unknown,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -254,11 +265,7 @@ fn conn_record(raw: &ConnEvent) -> ConnRecord {
     ConnRecord {
         ts_ns: raw.ts_ns,
         conn_id: raw.conn_id,
-        role: match raw.role {
-            ROLE_CLIENT => Role::Client,
-            ROLE_SERVER => Role::Server,
-            _ => Role::Unknown,
-        },
+        role: Role::from_raw(raw.role),
         pid: raw.pid,
         tid: raw.tid,
         comm: comm_string(&raw.comm),

@@ -118,7 +118,7 @@ impl SourceOptions {
 
 pub struct KernelSource {
     /// Owns programs, links and maps: dropping it detaches everything.
-    _ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     /// The variant that runs.
     variant: Variant,
     events: AsyncFd<RingBuf<MapData>>,
@@ -221,7 +221,7 @@ impl KernelSource {
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         let shed = aya::maps::Array::try_from(ebpf.take_map("SHED").context("SHED map missing")?)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             variant,
             events,
             counters,

@@ -12,6 +12,7 @@ pub mod join;
 pub mod kernel;
 pub mod mounts;
 pub mod offsets;
+pub mod tables;
 
 use event::{KernelEvent, Record, decode};
 use join::{JoinLimits, JoinStats, SocketJoin};

@@ -26,6 +26,8 @@ const GAUGES: &[&str] = &[
     "trace_requests_remembered",
     "enrich_pids_cached",
     "http_conns_open",
+    "kernel_live_socks",
+    "kernel_live_conns",
     "capture_attached",
     "shedding",
     "capture_path_socket_tracepoint",
@@ -99,17 +101,17 @@ mod tests {
     fn counters_and_gauges_render_as_prometheus_text() {
         let status = Status::default();
         status.publish(vec![
-            ("kernel_ringbuf_full".into(), 3),
+            ("kernel_errors_ringbuf_full".into(), 3),
             ("kube_pods_cached".into(), 12),
         ]);
         status.export_latency().0.observe(0.02);
         let text = render(&registry(&status));
         assert!(
-            text.contains("# TYPE collector_kernel_ringbuf_full counter"),
+            text.contains("# TYPE collector_kernel_errors_ringbuf_full counter"),
             "{text}"
         );
         assert!(
-            text.contains("collector_kernel_ringbuf_full_total 3"),
+            text.contains("collector_kernel_errors_ringbuf_full_total 3"),
             "{text}"
         );
         assert!(
