@@ -1,7 +1,7 @@
 //! The collector as the X-Ray daemon: a real X-Ray SDK app (aws-xray-sdk from PyPI) sends its
 //! segments to the collector's UDP port, they reach the moto X-Ray API unchanged, and the
 //! uninstrumented service it calls joins its trace; garbage datagrams are counted and dropped;
-//! the sampling proxy signs and forwards; sampling rules from an X-Ray sampling endpoint hold.
+//! sampling rules from an X-Ray sampling endpoint hold. The sampling proxy: sampling_proxy.rs.
 
 mod support;
 
@@ -213,121 +213,6 @@ fn garbage_datagrams_are_counted_and_the_listener_keeps_serving() {
             .text()
             .contains("dropped a datagram on the X-Ray port")
     );
-}
-
-fn fake_sampling_endpoint(
-    venv: &std::path::Path,
-    rate: &str,
-    reservoir: &str,
-) -> (KillOnDrop, u16) {
-    let port = free_port();
-    let server = spawn_python(
-        venv,
-        "fake_xray_sampling.py",
-        &[port.to_string(), rate.into(), reservoir.into()],
-    );
-    wait_listening(port, Duration::from_secs(10));
-    (server, port)
-}
-
-/// SDKs' sampling requests are signed with the collector's credentials (SigV4, `xray`) and
-/// forwarded; X-Ray's answer comes back unchanged.
-#[test]
-fn the_sampling_proxy_signs_forwards_and_returns_the_answer_unchanged() {
-    let Some(venv) = test_venv() else {
-        return;
-    };
-    let (_fake, fake_port) = fake_sampling_endpoint(&venv, "0.25", "3");
-    let tcp = free_port();
-    let endpoint = format!("http://127.0.0.1:{fake_port}");
-    let bind_tcp = format!("127.0.0.1:{tcp}");
-    let collector = Collector::start_waiting(
-        &[
-            "--capture-path",
-            "off",
-            "--exporter",
-            "stdout",
-            "--region",
-            "us-east-1",
-            "--endpoint-url",
-            &endpoint,
-            "-b",
-            "off",
-            "-t",
-            &bind_tcp,
-            "--metrics-bind",
-            "off",
-            "--sampling",
-            "off",
-        ],
-        &FAKE_CREDENTIALS,
-        "sampling proxy on",
-    );
-    let post = |path: &str, body: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-            ])
-            .arg(format!("http://127.0.0.1:{tcp}{path}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let direct = |path: &str, body: &str| {
-        let out = Command::new("curl")
-            .args(["-s", "-X", "POST", "-d", body])
-            .arg(format!("http://127.0.0.1:{fake_port}{path}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let rules = post("/GetSamplingRules", "{}");
-    let v: serde_json::Value =
-        serde_json::from_str(&rules).unwrap_or_else(|e| panic!("{e}: {rules}"));
-    assert_eq!(
-        v["SamplingRuleRecords"][0]["SamplingRule"]["RuleName"],
-        "test-rule"
-    );
-    // Byte for byte what the endpoint answers (but for its timestamps).
-    let strip = |s: &str| {
-        s.split("\"CreatedAt\"")
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    assert_eq!(strip(&rules), strip(&direct("/GetSamplingRules", "{}")));
-    let targets = post("/SamplingTargets", r#"{"SamplingStatisticsDocuments":[]}"#);
-    assert!(targets.contains("\"ReservoirQuota\": 3"), "{targets}");
-    assert!(collector.stop(libc::SIGTERM).success());
-
-    let calls: Vec<serde_json::Value> = serde_json::from_str(
-        &Command::new("curl")
-            .arg("-s")
-            .arg(format!("http://127.0.0.1:{fake_port}/calls"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap(),
-    )
-    .unwrap();
-    let proxied: Vec<&serde_json::Value> = calls
-        .iter()
-        .filter(|c| c["authorization"].as_str().is_some_and(|a| !a.is_empty()))
-        .collect();
-    assert_eq!(proxied.len(), 2, "{calls:#?}");
-    for c in proxied {
-        let auth = c["authorization"].as_str().unwrap();
-        assert!(
-            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTESTCOLLECTOR/")
-                && auth.contains("/us-east-1/xray/aws4_request"),
-            "{auth}"
-        );
-    }
 }
 
 /// Centralized rules from an X-Ray sampling endpoint: a 0 % rule with a reservoir of one

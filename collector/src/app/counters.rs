@@ -7,7 +7,7 @@ use crate::{
     enrich::{SharedMeta, kube_watch::WatchStats},
     guard::Guard,
     pipeline::Pipeline,
-    relay::RelayStats,
+    relay::{RelayStats, proxy::ProxyStats},
     source::{Assembler, capture_path::Variant, tables::TableStats},
 };
 
@@ -24,6 +24,7 @@ pub struct Sources<'a, W: std::io::Write> {
     /// The capture variant chosen at start (none with `--capture-path off`).
     pub variant: Option<Variant>,
     pub relay: Option<&'a RelayStats>,
+    pub proxy: Option<&'a ProxyStats>,
     pub tables: &'a TableStats,
 }
 
@@ -66,6 +67,9 @@ pub fn collect<W: std::io::Write>(s: &Sources<'_, W>) -> Vec<(String, u64)> {
             &mut pairs,
             &[("sdk_senders", s.shared.sdk_senders.len() as u64)],
         );
+    }
+    if let Some(p) = s.proxy {
+        pairs.extend(p.pairs());
     }
     pairs.extend(s.delivery.pairs());
     // Levels: GAUGES in status/metrics.rs names them.

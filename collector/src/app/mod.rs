@@ -145,6 +145,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The X-Ray daemon's job: SDK segments on UDP, sampling requests on TCP.
     let (sdk_docs_tx, sdk_docs) = std::sync::mpsc::sync_channel::<String>(SDK_DOCS_WAITING);
     let mut relay_stats = None;
+    let mut proxy_stats = None;
     if args.exporter.traces() {
         let (udp, tcp) = relay_addresses(&args)?;
         if let Some(bind) = udp {
@@ -172,7 +173,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             .context("no AWS credentials provider")?,
                     };
                     match relay::proxy::start(bind, upstream).await {
-                        Ok(addr) => tracing::info!("X-Ray SDK sampling proxy on tcp://{addr}"),
+                        Ok((addr, stats)) => {
+                            tracing::info!("X-Ray SDK sampling proxy on tcp://{addr}");
+                            proxy_stats = Some(stats);
+                        }
                         Err(e) if args.bind_tcp.is_none() => {
                             tracing::warn!("{e:#}; no sampling proxy")
                         }
@@ -272,6 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 capture_attached: source.is_some(),
                 variant,
                 relay: relay_stats.as_deref(),
+                proxy: proxy_stats.as_deref(),
                 tables: &tables,
             }));
         }
@@ -310,6 +315,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         capture_attached: false,
         variant,
         relay: relay_stats.as_deref(),
+        proxy: proxy_stats.as_deref(),
         tables: &tables,
     });
     pairs.extend(delivery.undelivered());

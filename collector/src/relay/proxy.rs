@@ -2,8 +2,20 @@
 //! `POST /SamplingTargets` to the TCP port; each request is signed with the collector's
 //! credentials (SigV4, service `xray`) and forwarded to the X-Ray endpoint, and X-Ray's
 //! answer (status, content type, body) is returned unchanged.
+//!
+//! Nothing else is signed: every pod on the node can reach this port, and a signed
+//! `DeleteSamplingRule` or `BatchGetTraces` would act with the node's X-Ray permissions. Any
+//! other API or method is answered 403, a body that is not a small JSON object 400, and a
+//! request that does not arrive within 10 s 408 — each counted by reason, none forwarded.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -20,8 +32,101 @@ use crate::{
 };
 
 const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 1 << 20;
+/// A `SamplingTargets` call carries at most 25 statistics documents of a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+/// The whole of one request, and the wait for the next on a kept-alive connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The only calls forwarded.
+const SAMPLING_APIS: [&str; 2] = ["/GetSamplingRules", "/SamplingTargets"];
+
+/// Why a request was answered by the proxy itself and not forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// An X-Ray API (or any path) other than the two sampling calls.
+    Api,
+    /// Not a POST.
+    Method,
+    /// A body over [`MAX_BODY`].
+    BodyTooLarge,
+    /// A body that is neither empty nor a JSON object, or one sent chunked.
+    BodyMalformed,
+    /// Not an HTTP/1.x request head, or one over [`MAX_HEAD`].
+    HeadMalformed,
+    /// The request did not arrive whole within [`IO_TIMEOUT`].
+    ClientTimeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Api,
+        Refusal::Method,
+        Refusal::BodyTooLarge,
+        Refusal::BodyMalformed,
+        Refusal::HeadMalformed,
+        Refusal::ClientTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Api => "api",
+            Refusal::Method => "method",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BodyMalformed => "body_malformed",
+            Refusal::HeadMalformed => "head_malformed",
+            Refusal::ClientTimeout => "client_timeout",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Refusal::Api | Refusal::Method => 403,
+            Refusal::BodyTooLarge | Refusal::BodyMalformed | Refusal::HeadMalformed => 400,
+            Refusal::ClientTimeout => 408,
+        }
+    }
+}
+
+/// Requests forwarded, and refused by reason (`proxy_*` in `/metrics`).
+#[derive(Default)]
+pub struct ProxyStats {
+    pub forwarded: AtomicU64,
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl ProxyStats {
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut v = vec![("proxy_forwarded".to_owned(), g(&self.forwarded))];
+        for (r, n) in Refusal::ALL.iter().zip(&self.refused) {
+            v.push((format!("proxy_refused_{}", r.name()), g(n)));
+        }
+        v
+    }
+
+    fn refused(&self, r: Refusal) {
+        self.refused[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Is this a request an X-Ray SDK sends for sampling? Only those are signed.
+pub fn admit(method: &str, path: &str, body: &[u8]) -> Result<(), Refusal> {
+    if !SAMPLING_APIS.contains(&path) {
+        return Err(Refusal::Api);
+    }
+    if method != "POST" {
+        return Err(Refusal::Method);
+    }
+    if body.len() > MAX_BODY {
+        return Err(Refusal::BodyTooLarge);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        _ => Err(Refusal::BodyMalformed),
+    }
+}
 
 pub struct Upstream {
     /// `https://xray.<region>.amazonaws.com`, or `--endpoint-url`.
@@ -31,13 +136,17 @@ pub struct Upstream {
 }
 
 /// Binds now and serves in the background.
-pub async fn start(bind: SocketAddr, upstream: Upstream) -> anyhow::Result<SocketAddr> {
+pub async fn start(
+    bind: SocketAddr,
+    upstream: Upstream,
+) -> anyhow::Result<(SocketAddr, Arc<ProxyStats>)> {
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("--bind-tcp {bind}: cannot listen for sampling requests"))?;
     let local = listener.local_addr()?;
     let client = hyper_client()?;
-    let shared = Arc::new((upstream, client));
+    let stats = Arc::new(ProxyStats::default());
+    let shared = Arc::new((upstream, client, stats.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(64));
     tokio::spawn(async move {
         loop {
@@ -50,8 +159,8 @@ pub async fn start(bind: SocketAddr, upstream: Upstream) -> anyhow::Result<Socke
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let (upstream, client) = &*shared;
-                if let Err(e) = serve(stream, upstream, client).await {
+                let (upstream, client, stats) = &*shared;
+                if let Err(e) = serve(stream, upstream, client, stats).await {
                     static THROTTLE: std::sync::Mutex<Throttle> =
                         std::sync::Mutex::new(Throttle::new(Duration::from_secs(10)));
                     let allowed = THROTTLE
@@ -66,7 +175,7 @@ pub async fn start(bind: SocketAddr, upstream: Upstream) -> anyhow::Result<Socke
             });
         }
     });
-    Ok(local)
+    Ok((local, stats))
 }
 
 /// One keep-alive connection: requests until the client closes.
@@ -74,66 +183,174 @@ async fn serve(
     mut stream: TcpStream,
     upstream: &Upstream,
     client: &HyperClient,
+    stats: &ProxyStats,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let Some((method, path, body, head_len, body_len)) =
-            read_request(&mut stream, &mut buf).await?
-        else {
-            return Ok(());
+        let request = match read_request(&mut stream, &mut buf).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(Read::Refused(r)) => {
+                stats.refused(r);
+                respond(
+                    &mut stream,
+                    r.status(),
+                    "application/json",
+                    &refusal_body(r),
+                )
+                .await?;
+                // Where this request ends is not known (or it never came whole): the
+                // connection's framing cannot be trusted, so it is closed.
+                return Ok(());
+            }
+            Err(Read::Failed(e)) => return Err(e),
         };
         let (status, content_type, answer) =
-            match forward(upstream, client, &method, &path, body).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let msg = format!(
-                        "{{\"message\":\"collector sampling proxy: {}\"}}",
-                        e.to_string().replace('"', "'")
-                    );
-                    (502, "application/json".to_owned(), Bytes::from(msg))
+            match admit(&request.method, &request.path, &request.body) {
+                Err(r) => {
+                    stats.refused(r);
+                    (
+                        r.status(),
+                        "application/json".to_owned(),
+                        Bytes::from(refusal_body(r)),
+                    )
+                }
+                Ok(()) => {
+                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    match forward(
+                        upstream,
+                        client,
+                        &request.method,
+                        &request.path,
+                        request.body,
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let msg = format!(
+                                "{{\"message\":\"collector sampling proxy: {}\"}}",
+                                e.to_string().replace('"', "'")
+                            );
+                            (502, "application/json".to_owned(), Bytes::from(msg))
+                        }
+                    }
                 }
             };
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            reason(status),
-            answer.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&answer).await?;
-        buf.drain(..head_len + body_len);
+        respond(&mut stream, status, &content_type, &answer).await?;
+        buf.drain(..request.consumed);
     }
 }
 
-type Request = (String, String, Bytes, usize, usize);
+fn refusal_body(r: Refusal) -> Vec<u8> {
+    format!(
+        "{{\"message\":\"collector sampling proxy: only POST /GetSamplingRules and POST /SamplingTargets with a JSON body are forwarded (refused: {})\"}}",
+        r.name()
+    )
+    .into_bytes()
+}
 
-async fn read_request(
+async fn respond(
     stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> anyhow::Result<Option<Request>> {
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    Ok(())
+}
+
+struct Request {
+    method: String,
+    path: String,
+    body: Bytes,
+    /// Bytes of the buffer the request took (head and body).
+    consumed: usize,
+}
+
+enum Read {
+    /// Answered by the proxy, not forwarded.
+    Refused(Refusal),
+    /// The connection failed or went idle: closed without an answer.
+    Failed(anyhow::Error),
+}
+
+/// The next request on the connection; `None` when the client closed between requests. A
+/// request must arrive whole within [`IO_TIMEOUT`] of its first byte: a client trickling
+/// bytes holds a connection slot no longer than that.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Request>, Read> {
+    if buf.is_empty() {
+        match read_more(stream, buf).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Read::Failed(e)),
+        }
+    }
+    match tokio::time::timeout(IO_TIMEOUT, read_whole(stream, buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(Read::Refused(Refusal::ClientTimeout)),
+    }
+}
+
+async fn read_whole(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Request>, Read> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(head_len) = req.parse(buf)? {
-            let length: usize = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                .unwrap_or(0);
-            anyhow::ensure!(length <= MAX_BODY, "request body of {length} bytes");
-            let method = req.method.unwrap_or("POST").to_owned();
-            let path = req.path.unwrap_or("/").to_owned();
-            while buf.len() < head_len + length {
-                read_more(stream, buf)
-                    .await?
-                    .context("connection closed mid-body")?;
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| h.value)
+                };
+                if header("transfer-encoding").is_some() {
+                    return Err(Read::Refused(Refusal::BodyMalformed));
+                }
+                let length: usize = match header("content-length") {
+                    None => 0,
+                    Some(v) => std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or(Read::Refused(Refusal::HeadMalformed))?,
+                };
+                if length > MAX_BODY {
+                    return Err(Read::Refused(Refusal::BodyTooLarge));
+                }
+                let method = req.method.unwrap_or_default().to_owned();
+                let path = req.path.unwrap_or_default().to_owned();
+                while buf.len() < head_len + length {
+                    match read_more(stream, buf).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            return Err(Read::Failed(anyhow::anyhow!(
+                                "connection closed mid-body"
+                            )));
+                        }
+                        Err(e) => return Err(Read::Failed(e)),
+                    }
+                }
+                let body = Bytes::copy_from_slice(&buf[head_len..head_len + length]);
+                return Ok(Some(Request {
+                    method,
+                    path,
+                    body,
+                    consumed: head_len + length,
+                }));
             }
-            let body = Bytes::copy_from_slice(&buf[head_len..head_len + length]);
-            return Ok(Some((method, path, body, head_len, length)));
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => return Err(Read::Refused(Refusal::HeadMalformed)),
         }
-        anyhow::ensure!(buf.len() < MAX_HEAD, "request head over {MAX_HEAD} bytes");
-        if read_more(stream, buf).await?.is_none() {
-            return Ok(None);
+        match read_more(stream, buf).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Read::Failed(e)),
         }
     }
 }
@@ -190,9 +407,57 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
+        408 => "Request Timeout",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_two_sampling_calls_with_a_json_object_are_admitted() {
+        assert_eq!(admit("POST", "/GetSamplingRules", b"{}"), Ok(()));
+        assert_eq!(admit("POST", "/GetSamplingRules", b""), Ok(()));
+        assert_eq!(
+            admit(
+                "POST",
+                "/SamplingTargets",
+                br#"{"SamplingStatisticsDocuments":[]}"#
+            ),
+            Ok(())
+        );
+        for api in [
+            "/DeleteSamplingRule",
+            "/BatchGetTraces",
+            "/PutTraceSegments",
+            "/GetSamplingRules/",
+            "/GetSamplingRules?x=1",
+            "/getsamplingrules",
+            "//GetSamplingRules",
+        ] {
+            assert_eq!(admit("POST", api, b"{}"), Err(Refusal::Api), "{api}");
+        }
+        for method in ["GET", "PUT", "DELETE", "post"] {
+            assert_eq!(
+                admit(method, "/SamplingTargets", b"{}"),
+                Err(Refusal::Method)
+            );
+        }
+        for body in [&b"[]"[..], b"null", b"{", b"\"x\"", b"\xff\xfe"] {
+            assert_eq!(
+                admit("POST", "/SamplingTargets", body),
+                Err(Refusal::BodyMalformed)
+            );
+        }
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_BODY));
+        assert_eq!(
+            admit("POST", "/SamplingTargets", big.as_bytes()),
+            Err(Refusal::BodyTooLarge)
+        );
     }
 }

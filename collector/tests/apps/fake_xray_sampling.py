@@ -1,6 +1,7 @@
 """An X-Ray sampling endpoint for the tests (moto has no sampling API): GetSamplingRules returns
 one catch-all rule, GetSamplingTargets its quota for this client, both from the command line;
-every call is recorded (path, Authorization header, body) and listed by GET /calls.
+every request of any method is recorded (path, method, Authorization header, body) and listed by
+GET /calls.
 Usage: fake_xray_sampling.py PORT FIXED_RATE RESERVOIR"""
 import json
 import sys
@@ -24,15 +25,29 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def record(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        with LOCK:
+            CALLS.append({"path": self.path, "method": self.command,
+                          "authorization": self.headers.get("Authorization", ""),
+                          "body": body.decode(errors="replace")})
+
     def do_GET(self):
+        if self.path != "/calls":
+            self.record()
+            self.reply({})
+            return
         with LOCK:
             self.reply(CALLS)
 
+    def do_other(self):
+        self.record()
+        self.reply({})
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_other
+
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with LOCK:
-            CALLS.append({"path": self.path, "authorization": self.headers.get("Authorization", ""),
-                          "body": body.decode(errors="replace")})
+        self.record()
         now = time.time()
         if self.path == "/GetSamplingRules":
             self.reply({"SamplingRuleRecords": [{"SamplingRule": {

@@ -66,12 +66,22 @@ def serve(lsock, stop):
                 key.fileobj.close()
 
 
-def short(n):
+def serving():
+    """A listener served on a thread: its address, and the call that drains and stops it."""
     lsock = listener()
-    addr = lsock.getsockname()
     stop = threading.Event()
     t = threading.Thread(target=serve, args=(lsock, stop), daemon=True)
     t.start()
+
+    def done():
+        stop.set()
+        t.join()
+
+    return lsock.getsockname(), done
+
+
+def short(n):
+    addr, done = serving()
     failed = 0
     for _ in range(n):
         c = socket.socket()
@@ -81,17 +91,12 @@ def short(n):
         except OSError:
             failed += 1
         c.close()
-    stop.set()
-    t.join()
+    done()
     return {"connections": n, "failed": failed}
 
 
 def exits(procs, per):
-    lsock = listener()
-    addr = lsock.getsockname()
-    stop = threading.Event()
-    t = threading.Thread(target=serve, args=(lsock, stop), daemon=True)
-    t.start()
+    addr, done = serving()
     failed = 0
     running = []
     for _ in range(procs):
@@ -114,8 +119,7 @@ def exits(procs, per):
             failed += os.waitstatus_to_exitcode(os.waitpid(running.pop(0), 0)[1])
     for pid in running:
         failed += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    stop.set()
-    t.join()
+    done()
     return {"processes": procs, "connections": procs * per, "failed": failed}
 
 

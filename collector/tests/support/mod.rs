@@ -671,6 +671,19 @@ pub fn spawn_python_with_env(
     KillOnDrop(child)
 }
 
+/// The X-Ray sampling endpoint stand-in (moto has no sampling API): one catch-all rule of
+/// `rate` and `reservoir`; it records every request it gets (GET /calls lists them).
+pub fn fake_sampling_endpoint(venv: &Path, rate: &str, reservoir: &str) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let server = spawn_python(
+        venv,
+        "fake_xray_sampling.py",
+        &[port.to_string(), rate.into(), reservoir.into()],
+    );
+    wait_listening(port, Duration::from_secs(10));
+    (server, port)
+}
+
 /// A moto X-Ray API on 127.0.0.1:port.
 pub fn start_moto(venv: &Path, port: u16) -> KillOnDrop {
     let child = Command::new(venv.join("bin/moto_server"))
