@@ -56,13 +56,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Outcome {
 fn connecting(ctx: &SockOpsContext) -> Outcome {
     let sk = sock_addr(ctx);
     // SAFETY: map lookup; the value is copied.
-    let mark = (unsafe { CONNECTING.get(sk) }).copied();
-    if mark.is_some() {
+    let mark = (unsafe { CONNECTING.get(sk) }).copied().unwrap_or(0);
+    if mark != 0 {
         CONNECTING
             .remove(sk)
             .map_err(|_| Counter::ErrorsMapDelete)?;
     }
-    let mark = mark.unwrap_or(0);
     let state = SockState {
         role: ROLE_CLIENT,
         proto: if mark == 0 {

@@ -285,12 +285,8 @@ enum Read {
 /// request must arrive whole within [`IO_TIMEOUT`] of its first byte: a client trickling
 /// bytes holds a connection slot no longer than that.
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Request>, Read> {
-    if buf.is_empty() {
-        match read_more(stream, buf).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(Read::Failed(e)),
-        }
+    if buf.is_empty() && !read_more(stream, buf).await? {
+        return Ok(None);
     }
     match tokio::time::timeout(IO_TIMEOUT, read_whole(stream, buf)).await {
         Ok(r) => r,
@@ -326,14 +322,8 @@ async fn read_whole(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<
                 let method = req.method.unwrap_or_default().to_owned();
                 let path = req.path.unwrap_or_default().to_owned();
                 while buf.len() < head_len + length {
-                    match read_more(stream, buf).await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            return Err(Read::Failed(anyhow::anyhow!(
-                                "connection closed mid-body"
-                            )));
-                        }
-                        Err(e) => return Err(Read::Failed(e)),
+                    if !read_more(stream, buf).await? {
+                        return Err(Read::Failed(anyhow::anyhow!("connection closed mid-body")));
                     }
                 }
                 let body = Bytes::copy_from_slice(&buf[head_len..head_len + length]);
@@ -347,24 +337,23 @@ async fn read_whole(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             _ => return Err(Read::Refused(Refusal::HeadMalformed)),
         }
-        match read_more(stream, buf).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(Read::Failed(e)),
+        if !read_more(stream, buf).await? {
+            return Ok(None);
         }
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Option<usize>> {
+/// Appends what the client sends next; false when it closed. Idle past [`IO_TIMEOUT`], or
+/// an error, fails the connection.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<bool, Read> {
     let mut chunk = [0u8; 4096];
     let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
         .await
-        .context("client idle")??;
-    if n == 0 {
-        return Ok(None);
-    }
+        .context("client idle")
+        .and_then(|r| Ok(r?))
+        .map_err(Read::Failed)?;
     buf.extend_from_slice(&chunk[..n]);
-    Ok(Some(n))
+    Ok(n > 0)
 }
 
 async fn forward(
