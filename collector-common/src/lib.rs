@@ -44,6 +44,10 @@ pub const TAIL_BYTES: usize = 16;
 pub const DATA_FLAG_READ_FAILED: u32 = 1;
 /// `DataHeader::flags`: `tail` holds the last `tail_len` bytes of the call.
 pub const DATA_FLAG_HAS_TAIL: u32 = 2;
+/// `PacketHeader::flags`: seen on a listening socket, before the connection's own socket
+/// existed (its first data packet completed the handshake); `cookie` is 0 and `peer_port`
+/// names the connection with `seq`.
+pub const PACKET_FLAG_ON_LISTENER: u32 = 4;
 
 /// What a connection's first payload bytes say (kernel-side classification).
 pub const PROTO_UNKNOWN: u32 = 0;
@@ -165,7 +169,8 @@ pub struct PacketHeader {
     pub captured_len: u32,
     pub tail_len: u32,
     pub flags: u32,
-    pub _pad0: u32,
+    /// The sending peer's port, with [`PACKET_FLAG_ON_LISTENER`]; else 0.
+    pub peer_port: u32,
     pub tail: [u8; TAIL_BYTES],
 }
 

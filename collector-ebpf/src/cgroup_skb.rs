@@ -6,7 +6,8 @@
 use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
 use collector_common::{
     Counter, DATA_FLAG_HAS_TAIL, DIR_RECV, DIR_SEND, EVENT_PACKET, MAX_CAPTURE_BYTES,
-    PACKET_HEADER_SIZE, PROTO_OTHER, PROTO_UNKNOWN, PacketHeader, TAIL_BYTES,
+    PACKET_FLAG_ON_LISTENER, PACKET_HEADER_SIZE, PROTO_OTHER, PROTO_UNKNOWN, PacketHeader,
+    TAIL_BYTES,
 };
 
 use crate::{
@@ -34,16 +35,37 @@ fn load<T>(ctx: &SkBuffContext, offset: usize) -> Result<T, Counter> {
     ctx.load(offset).map_err(|_| Counter::ErrorsPacketLoad)
 }
 
+/// `TCP_LISTEN` in `include/net/tcp_states.h`.
+const TCP_LISTEN: u32 = 10;
+
+/// Whether the packet is on a listening socket. A connection's first data packet meets the
+/// listener, not the connection's socket, when it is also what completes the handshake (the
+/// handshake's last ACK was dropped because the accept queue was full, or lost):
+/// `tcp_v4_rcv` filters it on the listener before it creates the connection's socket.
+#[inline(always)]
+fn on_listener(ctx: &SkBuffContext) -> bool {
+    // SAFETY: a context field read; the verifier checks the access.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    // SAFETY: non-null: a socket the verifier lets us read `state` of.
+    !sk.is_null() && unsafe { (*sk).state } == TCP_LISTEN
+}
+
 #[inline(always)]
 fn try_skb(ctx: &SkBuffContext, direction: u32) -> Outcome {
     // SAFETY: __sk_buff context pointer, as the helper expects.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let Some(state) = SOCKS.get_ptr_mut(cookie) else {
-        return Ok(());
+    // A packet on a listener has no socket entry yet: userspace gives it to the connection
+    // that sock_ops opens next with the same peer port and first sequence number.
+    let mut listener_proto = PROTO_UNKNOWN;
+    let (proto, cookie, flags) = match SOCKS.get_ptr_mut(cookie) {
+        // SAFETY: map value pointer valid for this program run.
+        Some(state) => (unsafe { &mut (*state).proto }, cookie, 0),
+        None if direction == DIR_RECV && on_listener(ctx) => {
+            (&mut listener_proto, 0, PACKET_FLAG_ON_LISTENER)
+        }
+        None => return Ok(()),
     };
-    // SAFETY: map value pointer valid for this program run.
-    let state = unsafe { &mut *state };
-    if state.proto == PROTO_OTHER || state.proto == PROTO_IGNORED {
+    if *proto == PROTO_OTHER || *proto == PROTO_IGNORED {
         return Ok(());
     }
     if shedding() {
@@ -67,14 +89,14 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Outcome {
     }
     let len = (skb_len - payload_off) as u64;
 
-    if state.proto == PROTO_UNKNOWN {
+    if *proto == PROTO_UNKNOWN {
         let mut first = [0u8; 4];
         let known = if len >= 4 && ctx.load_bytes(payload_off, &mut first).is_ok() {
             4
         } else {
             0
         };
-        if !still_http(&mut state.proto, &first, known) {
+        if !still_http(proto, &first, known) {
             return Ok(());
         }
     }
@@ -113,7 +135,7 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Outcome {
         }
     }
     let mut tail = [0u8; TAIL_BYTES];
-    let mut flags = 0;
+    let mut flags = flags;
     if len > want && len >= TAIL_BYTES as u64 {
         // SAFETY: a constant-size read into a stack buffer of that size.
         let rc = unsafe {
@@ -145,7 +167,11 @@ fn try_skb(ctx: &SkBuffContext, direction: u32) -> Outcome {
             0
         },
         flags,
-        _pad0: 0,
+        peer_port: if flags & PACKET_FLAG_ON_LISTENER != 0 {
+            u32::from(u16::from_be(load::<u16>(ctx, tcp)?))
+        } else {
+            0
+        },
         tail,
     };
     // SAFETY: the scratch buffer is 8-byte aligned (map value) and large enough.

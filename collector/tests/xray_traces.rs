@@ -165,6 +165,7 @@ fn concurrent_links(node_a: bool, clients: usize, per_client: usize) -> (usize, 
     });
     std::thread::sleep(Duration::from_millis(800));
     let lines = collector.json_lines_handle();
+    let stderr = collector.stderr_handle();
     assert!(collector.stop(libc::SIGTERM).success());
     let docs = lines.json_lines();
 
@@ -183,11 +184,27 @@ fn concurrent_links(node_a: bool, clients: usize, per_client: usize) -> (usize, 
         .iter()
         .filter(|d| url(d).contains(&format!("/work/{run}")))
         .collect();
-    assert_eq!(
-        bs.len(),
-        clients * per_client,
-        "every B request has a segment"
-    );
+    if bs.len() != clients * per_client {
+        let seen: std::collections::HashSet<&str> = bs.iter().map(|b| nonce(url(b))).collect();
+        let missing: Vec<String> = (0..clients)
+            .flat_map(|c| {
+                let run = &run;
+                (0..per_client).map(move |i| format!("{run}-{c}-{i}"))
+            })
+            .filter(|n| !seen.contains(n.as_str()))
+            .collect();
+        let mentions: Vec<&Value> = docs
+            .iter()
+            .filter(|d| missing.iter().any(|n| d.to_string().contains(n.as_str())))
+            .collect();
+        panic!(
+            "{} of {} B requests have a segment; missing {missing:?}; documents naming them: \
+             {mentions:#?}; summary: {:?}",
+            bs.len(),
+            clients * per_client,
+            summary_counters(&stderr.text())
+        );
+    }
     let mut linked_to_a = 0;
     for b in &bs {
         let n = nonce(url(b));

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use collector_common::{
     AF_INET, AF_INET6, CONN_EVENT_SIZE, ConnEvent, DATA_FLAG_HAS_TAIL, DATA_FLAG_READ_FAILED,
     DATA_HEADER_SIZE, DIR_RECV, DIR_SEND, DataHeader, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
-    EVENT_DATA, EVENT_PACKET, EVENT_SOCK_CALL, PACKET_HEADER_SIZE, PacketHeader, ROLE_CLIENT,
-    ROLE_SERVER, SOCK_CALL_EVENT_SIZE, SockCallEvent,
+    EVENT_DATA, EVENT_PACKET, EVENT_SOCK_CALL, PACKET_FLAG_ON_LISTENER, PACKET_HEADER_SIZE,
+    PacketHeader, ROLE_CLIENT, ROLE_SERVER, SOCK_CALL_EVENT_SIZE, SockCallEvent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -113,6 +113,9 @@ pub struct PacketRecord {
     pub len: u32,
     pub payload: Vec<u8>,
     pub tail: Option<Vec<u8>>,
+    /// A connection's first data packet seen on its listener, before the connection had a
+    /// socket (`cookie` 0): the sender's port, which with `seq` names the connection.
+    pub on_listener_from_port: Option<u16>,
 }
 
 /// Socket-layer path: one recv/send call, `[seq_end - len, seq_end)`.
@@ -204,6 +207,8 @@ pub fn decode(record: &[u8]) -> Result<Record, DecodeError> {
                 len: raw.len,
                 payload,
                 tail,
+                on_listener_from_port: (raw.flags & PACKET_FLAG_ON_LISTENER != 0)
+                    .then_some(raw.peer_port as u16),
             }))
         }
         EVENT_SOCK_CALL => {

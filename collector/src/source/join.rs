@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use collector_common::TAIL_BYTES;
 
 use super::event::{
-    CallRecord, ConnRecord, DataRecord, Direction, KernelEvent, PacketRecord, Record,
+    CallRecord, ConnRecord, DataRecord, Direction, KernelEvent, PacketRecord, Record, Role,
 };
 use crate::counters::counters;
+use listener::ListenerPackets;
 
 #[derive(Clone, Copy, Debug)]
 pub struct JoinLimits {
@@ -59,6 +60,10 @@ counters! {
         /// direction, or, for sends, at the close.
         pub calls_from_packets,
         pub conns_evicted,
+        /// First data packets seen on a listener (see `listener`), and those of them no
+        /// connection opened for in time or that were let go to stay bounded.
+        pub listener_packets,
+        pub listener_packets_unclaimed,
     }
 }
 
@@ -163,6 +168,7 @@ struct JoinConn {
 
 pub struct SocketJoin {
     conns: HashMap<u64, JoinConn>,
+    on_listener: ListenerPackets,
     limits: JoinLimits,
     pub stats: JoinStats,
 }
@@ -171,6 +177,7 @@ impl SocketJoin {
     pub fn new(limits: JoinLimits) -> Self {
         Self {
             conns: HashMap::new(),
+            on_listener: ListenerPackets::default(),
             limits,
             stats: JoinStats::default(),
         }
@@ -186,13 +193,20 @@ impl SocketJoin {
                 out.push(KernelEvent::ConnClose(c));
             }
             Record::Event(e) => out.push(e),
-            Record::Packet(p) => self.packet(p, out),
+            Record::Packet(p) => match p.on_listener_from_port {
+                Some(port) => {
+                    self.stats.listener_packets += 1;
+                    self.stats.listener_packets_unclaimed += self.on_listener.hold(port, p);
+                }
+                None => self.packet(p, out),
+            },
             Record::Call(c) => self.call(c, out),
         }
     }
 
     /// Emits calls that waited long enough for their packets.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<KernelEvent>) {
+        self.stats.listener_packets_unclaimed += self.on_listener.expire(now_ns);
         let (limits, stats) = (self.limits, &mut self.stats);
         for conn in self.conns.values_mut() {
             for dir in [Direction::Recv, Direction::Send] {
@@ -222,14 +236,31 @@ impl SocketJoin {
                 self.stats.conns_evicted += 1;
             }
         }
+        let first_packet = match (c.role, c.remote) {
+            (Role::Server, Some(peer)) if c.recv_seq0 != 0 => {
+                self.on_listener.take(peer.port(), c.recv_seq0)
+            }
+            _ => None,
+        };
         let conn = JoinConn {
             conn_id: c.conn_id,
             recv: JoinDir::new(c.recv_seq0),
             send: JoinDir::new(c.send_seq0),
             pending_open: Some(c),
         };
-        if let Some(mut old) = self.conns.insert(conn.conn_id, conn) {
+        let conn_id = conn.conn_id;
+        if let Some(mut old) = self.conns.insert(conn_id, conn) {
             self.flush(&mut old, out);
+        }
+        if let Some(p) = first_packet {
+            self.packet(
+                PacketRecord {
+                    cookie: conn_id,
+                    on_listener_from_port: None,
+                    ..p
+                },
+                out,
+            );
         }
     }
 
@@ -393,8 +424,15 @@ fn emit_ready(
         let tail = (call.len > bytes.len() as u64)
             .then(|| tail_of(&d.packets, end))
             .flatten();
+        // Sent bytes have left once the packet with the last of them has; on loopback the
+        // peer can read them before the send call returns (milliseconds later when the
+        // sender is descheduled), so a send is timed by whichever came first.
+        let ts_ns = match (dir, packet_with_byte(&d.packets, end.saturating_sub(1))) {
+            (Direction::Send, Some(p)) => call.ts_ns.min(p.ts_ns),
+            _ => call.ts_ns,
+        };
         out.push(KernelEvent::Data(DataRecord {
-            ts_ns: call.ts_ns,
+            ts_ns,
             conn_id,
             direction: dir,
             pid: call.pid,
@@ -445,6 +483,12 @@ fn gather(packets: &BTreeMap<u64, Packet>, start: u64, want: usize) -> (Vec<u8>,
     (out, false)
 }
 
+/// The packet that carried the byte at stream offset `at`, if it was seen.
+fn packet_with_byte(packets: &BTreeMap<u64, Packet>, at: u64) -> Option<&Packet> {
+    let (&off, p) = packets.range(..=at).next_back()?;
+    (off + p.len > at).then_some(p)
+}
+
 /// The last TAIL_BYTES bytes before `end`, from the packet that ends there.
 fn tail_of(packets: &BTreeMap<u64, Packet>, end: u64) -> Option<Vec<u8>> {
     let (&off, p) = packets.range(..end).next_back()?;
@@ -459,5 +503,6 @@ fn tail_of(packets: &BTreeMap<u64, Packet>, end: u64) -> Option<Vec<u8>> {
         .then(|| p.bytes[p.bytes.len() - TAIL_BYTES..].to_vec())
 }
 
+mod listener;
 #[cfg(test)]
 mod tests;

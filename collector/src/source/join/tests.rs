@@ -35,6 +35,7 @@ fn packet(dir: Direction, seq: u32, bytes: &[u8], capture: usize, ts: u64) -> Re
         len: n as u32,
         payload: bytes[..n.min(capture)].to_vec(),
         tail: (n > capture && n >= TAIL_BYTES).then(|| bytes[n - TAIL_BYTES..].to_vec()),
+        on_listener_from_port: None,
     })
 }
 
@@ -114,6 +115,37 @@ fn a_send_waits_for_its_packet_and_gives_up_after_the_wait_limit() {
     j.expire(10 + JoinLimits::default().max_wait_ns, &mut out);
     assert_eq!(data(&out), [(Direction::Send, 0, 10, vec![])]);
     assert_eq!(j.stats.calls_missing_payload, 1);
+}
+
+fn data_ts(out: &[KernelEvent]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|e| match e {
+            KernelEvent::Data(d) => Some(d.ts_ns),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_send_is_timed_by_its_last_packet_when_that_left_before_the_call_returned() {
+    // On loopback the peer can read a response before the server's send call returns: the
+    // bytes left with their packet (ts 40), the call reported at 90.
+    let (out, _) = join(vec![
+        open(0, 5000),
+        packet(Direction::Send, 5000, b"HTTP/1.1 2", 2048, 40),
+        call(Direction::Send, 5010, 10, 90),
+    ]);
+    assert_eq!(data_ts(&out), [40]);
+    // A packet that leaves after the call (Nagle, a full window) does not delay the call;
+    // nor does a received packet move a recv's time (the app read it later).
+    let (out, _) = join(vec![
+        open(1000, 5000),
+        call(Direction::Send, 5010, 10, 90),
+        packet(Direction::Send, 5000, b"HTTP/1.1 2", 2048, 95),
+        packet(Direction::Recv, 1000, b"GET / HTTP/1.1\r\n\r\n", 2048, 100),
+        call(Direction::Recv, 1018, 18, 120),
+    ]);
+    assert_eq!(data_ts(&out), [90, 120]);
 }
 
 #[test]
@@ -337,4 +369,42 @@ fn a_hole_no_packet_covers_stays_a_hole() {
 /// The server end's close at `ts_ns`.
 fn close(ts_ns: u64) -> Record {
     Record::Event(KernelEvent::ConnClose(server_conn(ts_ns, 0, 0)))
+}
+
+#[test]
+fn a_first_packet_seen_on_the_listener_joins_the_connection_opened_for_it() {
+    let on_listener = |port: u16, seq: u32, bytes: &[u8], ts: u64| {
+        let Record::Packet(p) = packet(Direction::Recv, seq, bytes, 2048, ts) else {
+            unreachable!()
+        };
+        Record::Packet(PacketRecord {
+            cookie: 0,
+            on_listener_from_port: Some(port),
+            ..p
+        })
+    };
+    let open_from = |port: u16, recv_seq0: u32| {
+        let mut c = server_conn(0, recv_seq0, 5000);
+        c.remote = Some(([127, 0, 0, 1], port).into());
+        Record::Event(KernelEvent::ConnOpen(c))
+    };
+    let request = b"GET / HTTP/1.1\r\n\r\n";
+    let (out, j) = join(vec![
+        // Another connection's packet, and one from the same port with another sequence
+        // number: neither is this connection's.
+        on_listener(40000, 1000, b"GET /other HTTP/1.1", 1),
+        on_listener(40001, 999, b"GET /other HTTP/1.1", 2),
+        on_listener(40001, 1000, request, 3),
+        open_from(40001, 1000),
+        call(Direction::Recv, 1018, 18, 20),
+    ]);
+    assert_eq!(data(&out), [(Direction::Recv, 0, 18, request.to_vec())]);
+    assert_eq!(j.stats.listener_packets, 3);
+    assert_eq!(j.stats.calls_missing_payload, 0);
+
+    // Unclaimed ones are let go after a second, and counted.
+    let mut j = j;
+    let mut out = Vec::new();
+    j.expire(3 + 1_000_000_000, &mut out);
+    assert_eq!(j.stats.listener_packets_unclaimed, 2);
 }
