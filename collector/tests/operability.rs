@@ -488,7 +488,10 @@ fn sigterm_under_load_exports_every_captured_exchange() {
     );
     assert!(c["http_exchanges"] >= 10_000, "load did not run: {c:?}");
     assert_eq!(segments.len() as u64, c["http_exchanges"], "{c:?}");
-    assert_eq!(after, before, "programs left loaded");
+    // Programs of before may have gone meanwhile (an earlier test's, freed late); none may
+    // be new.
+    let left: Vec<&u64> = after.iter().filter(|id| !before.contains(id)).collect();
+    assert!(left.is_empty(), "programs left loaded: {left:?}");
 }
 
 /// While the first SIGTERM waits for queued segments to be delivered (to an endpoint that

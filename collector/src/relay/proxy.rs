@@ -192,15 +192,14 @@ async fn serve(
             Ok(None) => return Ok(()),
             Err(Read::Refused(r)) => {
                 stats.refused(r);
-                respond(
-                    &mut stream,
-                    r.status(),
-                    "application/json",
-                    &refusal_body(r),
-                )
-                .await?;
+                let body = refusal_body(r);
+                respond(&mut stream, r.status(), "application/json", &body, true).await?;
                 // Where this request ends is not known (or it never came whole): the
-                // connection's framing cannot be trusted, so it is closed.
+                // connection's framing cannot be trusted, so it is closed. A client that
+                // timed out has nothing unread to reset the connection with.
+                if !matches!(r, Refusal::ClientTimeout) {
+                    linger_close(stream).await;
+                }
                 return Ok(());
             }
             Err(Read::Failed(e)) => return Err(e),
@@ -237,7 +236,7 @@ async fn serve(
                     }
                 }
             };
-        respond(&mut stream, status, &content_type, &answer).await?;
+        respond(&mut stream, status, &content_type, &answer, false).await?;
         buf.drain(..request.consumed);
     }
 }
@@ -255,15 +254,42 @@ async fn respond(
     status: u16,
     content_type: &str,
     body: &[u8],
+    close: bool,
 ) -> anyhow::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+    let mut answer = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}\r\n",
         reason(status),
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    stream.write_all(&answer).await?;
     Ok(())
+}
+
+/// Closes after a refusal without losing the answer: closing a socket with unread bytes (the
+/// rest of an oversized body) sends a reset, which can destroy the answer before the client
+/// reads it. So the write side is shut first, and what the client still sends is read and
+/// dropped until it closes too — at most 1 MiB or 2 s.
+async fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 8192];
+    let mut left = 1usize << 20;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    // A client still sending after 2 s is closed on anyway.
+    tokio::time::timeout(std::time::Duration::from_secs(2), drain)
+        .await
+        .ok();
 }
 
 struct Request {
