@@ -91,6 +91,7 @@ fn a_request_whose_first_packet_completes_the_handshake_is_captured() {
     let _serial = serial();
     let nodes = Nodes::start("hs");
     let ns = nodes.a.netns.as_str();
+    let port = B_PORT.to_string();
     let rule = [
         "INPUT",
         "-p",
@@ -98,7 +99,7 @@ fn a_request_whose_first_packet_completes_the_handshake_is_captured() {
         "-d",
         B_POD,
         "--dport",
-        "8081",
+        &port,
         "-m",
         "connbytes",
         "--connbytes",
@@ -110,7 +111,6 @@ fn a_request_whose_first_packet_completes_the_handshake_is_captured() {
         "-j",
         "DROP",
     ];
-    assert_eq!(B_PORT, 8081);
     let ok = Command::new("ip")
         .args(["netns", "exec", ns, "iptables", "-A"])
         .args(rule)
@@ -131,7 +131,6 @@ fn a_request_whose_first_packet_completes_the_handshake_is_captured() {
         "json",
     ]);
     let dir_arg = dir.0.display().to_string();
-    let port = B_PORT.to_string();
     let _server = nodes.a.spawn(
         "python3".as_ref(),
         &[

@@ -123,11 +123,7 @@ impl JoinDir {
         let mut pos = from;
         let mut ts_ns = 0;
         while pos < to {
-            let (&off, p) = self
-                .packets
-                .range(..=pos)
-                .next_back()
-                .filter(|(off, p)| **off + p.len > pos)?;
+            let (off, p) = packet_with_byte(&self.packets, pos)?;
             ts_ns = ts_ns.max(p.ts_ns);
             pos = off + p.len;
         }
@@ -428,7 +424,7 @@ fn emit_ready(
         // peer can read them before the send call returns (milliseconds later when the
         // sender is descheduled), so a send is timed by whichever came first.
         let ts_ns = match (dir, packet_with_byte(&d.packets, end.saturating_sub(1))) {
-            (Direction::Send, Some(p)) => call.ts_ns.min(p.ts_ns),
+            (Direction::Send, Some((_, p))) => call.ts_ns.min(p.ts_ns),
             _ => call.ts_ns,
         };
         out.push(KernelEvent::Data(DataRecord {
@@ -483,10 +479,10 @@ fn gather(packets: &BTreeMap<u64, Packet>, start: u64, want: usize) -> (Vec<u8>,
     (out, false)
 }
 
-/// The packet that carried the byte at stream offset `at`, if it was seen.
-fn packet_with_byte(packets: &BTreeMap<u64, Packet>, at: u64) -> Option<&Packet> {
+/// The packet that carried the byte at stream offset `at`, with its offset, if it was seen.
+fn packet_with_byte(packets: &BTreeMap<u64, Packet>, at: u64) -> Option<(u64, &Packet)> {
     let (&off, p) = packets.range(..=at).next_back()?;
-    (off + p.len > at).then_some(p)
+    (off + p.len > at).then_some((off, p))
 }
 
 /// The last TAIL_BYTES bytes before `end`, from the packet that ends there.

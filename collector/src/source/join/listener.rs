@@ -5,7 +5,7 @@
 //! sender's port and its sequence number, until sock_ops opens the connection whose peer
 //! port and first received sequence number match.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use super::PacketRecord;
 
@@ -16,26 +16,26 @@ const MAX_HELD: usize = 1024;
 /// replaces it) or one not traced.
 const MAX_AGE_NS: u64 = 1_000_000_000;
 
-type Key = (u16, u32);
-
 #[derive(Default)]
 pub struct ListenerPackets {
-    held: HashMap<Key, PacketRecord>,
-    order: VecDeque<(Key, u64)>,
+    /// By (sender's port, sequence number of the first byte).
+    held: HashMap<(u16, u32), PacketRecord>,
 }
 
 impl ListenerPackets {
     /// Holds the packet; returns how many older packets were let go to stay bounded.
     pub fn hold(&mut self, port: u16, p: PacketRecord) -> u64 {
-        let key = (port, p.seq);
-        self.order.push_back((key, p.ts_ns));
-        self.held.insert(key, p);
-        let mut dropped = 0;
-        // `order` also keeps keys of packets already taken: bounded too.
-        while self.held.len() > MAX_HELD || self.order.len() > 2 * MAX_HELD {
-            dropped += u64::from(self.pop_oldest());
+        self.held.insert((port, p.seq), p);
+        if self.held.len() <= MAX_HELD {
+            return 0;
         }
-        dropped
+        // Only when full: the scan is bounded by MAX_HELD.
+        let oldest = self
+            .held
+            .iter()
+            .min_by_key(|(_, p)| p.ts_ns)
+            .map(|(k, _)| *k);
+        oldest.and_then(|k| self.held.remove(&k)).map_or(0, |_| 1)
     }
 
     /// The packet that opened the connection from `port` whose first byte is `seq`.
@@ -45,28 +45,9 @@ impl ListenerPackets {
 
     /// Lets go of packets older than the age bound; returns how many.
     pub fn expire(&mut self, now_ns: u64) -> u64 {
-        let mut expired = 0;
-        while let Some(&(_, ts)) = self.order.front() {
-            if now_ns.saturating_sub(ts) < MAX_AGE_NS {
-                break;
-            }
-            expired += u64::from(self.pop_oldest());
-        }
-        expired
-    }
-
-    /// Removes the oldest entry of `order`; true when it still named a held packet (a
-    /// retransmit re-queues its key, and a taken packet leaves a stale one behind).
-    fn pop_oldest(&mut self) -> bool {
-        let Some((key, ts)) = self.order.pop_front() else {
-            return false;
-        };
-        match self.held.get(&key) {
-            Some(p) if p.ts_ns == ts => {
-                self.held.remove(&key);
-                true
-            }
-            _ => false,
-        }
+        let before = self.held.len();
+        self.held
+            .retain(|_, p| now_ns.saturating_sub(p.ts_ns) < MAX_AGE_NS);
+        (before - self.held.len()) as u64
     }
 }
